@@ -1,0 +1,70 @@
+//! `cat`: an object's verified content on stdout.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+
+use super::{Context, stdio};
+use crate::hashing;
+use crate::marker::Marker;
+use crate::oid::ObjectId;
+use crate::repo::file_holds_marker;
+
+pub fn run(path_or_id: &str) -> anyhow::Result<ExitCode> {
+    let ctx = Context::open()?;
+    let (id, size) = match path_or_id.parse::<ObjectId>() {
+        Ok(id) => (id, None),
+        Err(_) => {
+            let m = marker_for_path(&ctx, Path::new(path_or_id))?;
+            (m.id, Some(m.size))
+        }
+    };
+    let (_, mut stdout) = stdio()?;
+    if id == ObjectId::empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match ctx.store.get_checked(&id, size)? {
+        Ok(mut v) => {
+            hashing::copy(&mut v.file, &mut stdout).context("cannot write to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(u) => Err(anyhow!(u.reason)).with_context(|| format!("cannot get object {id}")),
+    }
+}
+
+/// The marker git has for `path`: from git's index, or the file itself if it holds one.
+fn marker_for_path(ctx: &Context, path: &Path) -> anyhow::Result<Marker> {
+    let workdir = ctx
+        .repo
+        .workdir()
+        .ok_or_else(|| anyhow!("{}: this repository has no work tree", path.display()))?
+        .canonicalize()?;
+    let absolute = std::env::current_dir()?.join(path);
+    let parent = absolute.parent().unwrap_or(&absolute).canonicalize();
+    let relative = parent
+        .ok()
+        .and_then(|p| {
+            let name = absolute.file_name()?;
+            Some(p.strip_prefix(&workdir).ok()?.join(name))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: not a path inside this repository and not a 64-digit identifier",
+                path.display()
+            )
+        })?;
+    let index = ctx.repo.git().index()?;
+    if let Some(entry) = index.get_path(&relative, 0)
+        && let Some(m) = ctx.repo.blob_marker(entry.id)?
+    {
+        return Ok(m);
+    }
+    if let Some(m) = file_holds_marker(&absolute) {
+        return Ok(m);
+    }
+    bail!(
+        "{}: not tracked by fcache (git's copy of it is not a marker)",
+        path.display()
+    )
+}

@@ -1,0 +1,95 @@
+//! `checkout`: replace work-tree files that hold a marker with their content.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+
+use super::Context;
+use super::smudge::missing_warning;
+use crate::hashing;
+use crate::marker::Marker;
+use crate::repo::file_holds_marker;
+use crate::store::Verified;
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut ctx = Context::open()?;
+    let Some(workdir) = ctx.repo.workdir().map(Path::to_owned) else {
+        bail!("this repository has no work tree");
+    };
+    let now = ctx.store.config.clock.current_time();
+    let (mut restored, mut missing) = (0usize, 0usize);
+    for (path, m, mode) in ctx.repo.index_markers()? {
+        let file = workdir.join(&path);
+        // Only a file that still holds exactly git's marker is replaced: never
+        // a file the user changed.
+        if file_holds_marker(&file) != Some(m) {
+            continue;
+        }
+        ctx.index.touch(m.id, m.size, now);
+        let content = if m.size == 0 {
+            None
+        } else {
+            match ctx.store.get(&m)? {
+                Ok(v) => Some(v),
+                Err(u) => {
+                    missing += 1;
+                    eprintln!("{}", missing_warning(&path.display().to_string(), &u));
+                    continue;
+                }
+            }
+        };
+        replace(&file, &m, content, mode)?;
+        restored += 1;
+    }
+    ctx.save_index()?;
+    if restored > 0 {
+        // The files changed under git's index: refresh its stat data so that
+        // `git status` does not see them as modified.
+        let status = Command::new("git")
+            .args(["update-index", "-q", "--refresh"])
+            .current_dir(&workdir)
+            .status()
+            .context("cannot run `git update-index --refresh`")?;
+        // Exit 1 only says some files differ from the index; that is the user's business.
+        if status.code().is_none_or(|c| c > 1) {
+            bail!(
+                "`git update-index --refresh` failed in {}",
+                workdir.display()
+            );
+        }
+    }
+    eprintln!("fcache: checked out {restored} file(s)");
+    if missing > 0 {
+        if ctx.store.config.strict {
+            bail!("{missing} file(s) could not be checked out and fcache.strict is set");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write the content next to `file`, then rename it over the marker.
+fn replace(file: &Path, m: &Marker, content: Option<Verified>, mode: u32) -> anyhow::Result<()> {
+    let dir = file.parent().expect("a work-tree file has a parent");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fcache-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    if let Some(mut v) = content {
+        hashing::copy(&mut v.file, tmp.as_file_mut())
+            .with_context(|| format!("cannot write {} (object {})", file.display(), m.id))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(perms))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    tmp.persist(file)
+        .with_context(|| format!("cannot replace {}", file.display()))?;
+    Ok(())
+}

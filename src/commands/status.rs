@@ -1,0 +1,183 @@
+//! `status`: what this repository knows, and where each object is.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::Context;
+use crate::clock::{self, Timestamp};
+use crate::oid::ObjectId;
+use crate::repo::file_holds_marker;
+
+#[derive(Serialize)]
+struct Object {
+    identifier: ObjectId,
+    size: u64,
+    #[serde(serialize_with = "opt_time")]
+    added: Option<Timestamp>,
+    #[serde(serialize_with = "opt_time")]
+    last_used: Option<Timestamp>,
+    in_cache: bool,
+    /// `None` when the archive could not be asked.
+    in_archive: Option<bool>,
+    missing: bool,
+    paths: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    objects: Vec<Object>,
+    /// Work-tree files that hold a marker instead of their content.
+    not_checked_out: Vec<String>,
+    cache: CacheUsage,
+    archive: String,
+    /// Why the archive could not be asked, if it could not.
+    archive_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CacheUsage {
+    dir: String,
+    objects: usize,
+    bytes: u64,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&clock::format(t)),
+        None => s.serialize_none(),
+    }
+}
+
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let ctx = Context::open()?;
+    let mut objects: BTreeMap<ObjectId, Object> = BTreeMap::new();
+    for e in ctx.index.entries() {
+        objects.insert(
+            e.id,
+            Object {
+                identifier: e.id,
+                size: e.size,
+                added: Some(e.added),
+                last_used: Some(e.last_used),
+                in_cache: false,
+                in_archive: None,
+                missing: false,
+                paths: Vec::new(),
+            },
+        );
+    }
+    for (path, m) in ctx.repo.head_markers()? {
+        objects
+            .entry(m.id)
+            .or_insert_with(|| Object {
+                identifier: m.id,
+                size: m.size,
+                added: None,
+                last_used: None,
+                in_cache: false,
+                in_archive: None,
+                missing: false,
+                paths: Vec::new(),
+            })
+            .paths
+            .push(path);
+    }
+    let mut archive_error = None;
+    for o in objects.values_mut() {
+        o.in_cache = o.size == 0 || ctx.store.cache.contains(&o.identifier);
+        if archive_error.is_none() {
+            match ctx.store.archive.contains(&o.identifier) {
+                Ok(b) => o.in_archive = Some(b),
+                Err(e) => archive_error = Some(format!("{:#}", anyhow::Error::from(e))),
+            }
+        }
+        o.missing = !o.in_cache && o.in_archive == Some(false);
+    }
+    let mut not_checked_out = Vec::new();
+    if let Some(workdir) = ctx.repo.workdir() {
+        for (path, m, _) in ctx.repo.index_markers()? {
+            if file_holds_marker(&workdir.join(&path)).is_some_and(|f| f == m) {
+                not_checked_out.push(path.display().to_string());
+            }
+        }
+    }
+    let cached = ctx.store.cache.objects()?;
+    let report = Report {
+        objects: objects.into_values().collect(),
+        not_checked_out,
+        cache: CacheUsage {
+            dir: ctx.store.cache.root().display().to_string(),
+            objects: cached.len(),
+            bytes: cached.iter().map(|(_, len)| len).sum(),
+        },
+        archive: ctx.store.archive.location().to_owned(),
+        archive_error,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn yes_no(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    }
+}
+
+fn print_text(r: &Report) {
+    let time = |t: &Option<Timestamp>| t.as_ref().map(clock::format).unwrap_or_else(|| "-".into());
+    println!("Objects known to this repository: {}", r.objects.len());
+    if !r.objects.is_empty() {
+        println!(
+            "{:<64}  {:>12}  {:<20}  {:<20}  {:<5}  {:<7}  PATHS",
+            "IDENTIFIER", "SIZE", "ADDED", "LAST USED", "CACHE", "ARCHIVE"
+        );
+    }
+    for o in &r.objects {
+        println!(
+            "{}  {:>12}  {:<20}  {:<20}  {:<5}  {:<7}  {}{}",
+            o.identifier,
+            o.size,
+            time(&o.added),
+            time(&o.last_used),
+            yes_no(Some(o.in_cache)),
+            yes_no(o.in_archive),
+            o.paths.join(", "),
+            if o.missing { "  MISSING" } else { "" }
+        );
+    }
+    let missing: Vec<_> = r.objects.iter().filter(|o| o.missing).collect();
+    if !missing.is_empty() {
+        println!(
+            "\nMissing: {} object(s) in neither the cache nor the archive; whoever added them must run `fcache push`:",
+            missing.len()
+        );
+        for o in missing {
+            println!("    {}  {}", o.identifier, o.paths.join(", "));
+        }
+    }
+    if !r.not_checked_out.is_empty() {
+        println!(
+            "\nFiles holding a marker instead of their content (run `fcache pull`): {}",
+            r.not_checked_out.len()
+        );
+        for p in &r.not_checked_out {
+            println!("    {p}");
+        }
+    }
+    println!(
+        "\nCache {}: {} objects, {} bytes (no limits set)",
+        r.cache.dir, r.cache.objects, r.cache.bytes
+    );
+    match &r.archive_error {
+        Some(e) => println!("Archive {}: cannot be reached: {e}", r.archive),
+        None => println!("Archive {}", r.archive),
+    }
+}

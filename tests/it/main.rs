@@ -1,0 +1,1 @@
+//! Integration tests: real git driving the real filter.
