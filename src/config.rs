@@ -10,6 +10,7 @@
 //! | `FCACHE_STRICT`      | `fcache.strict`     | smudge fails instead of leaving a marker          |
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
+//! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod diagnostics;
 pub mod filter;
 pub mod hashing;
 pub mod index;

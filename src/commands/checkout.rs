@@ -1,7 +1,8 @@
 //! `checkout`: replace work-tree files that hold a marker with their content.
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail};
 
@@ -18,7 +19,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         bail!("this repository has no work tree");
     };
     let now = ctx.store.config.clock.current_time();
-    let (mut restored, mut missing) = (0usize, 0usize);
+    let mut restored = Vec::new();
+    let mut missing = 0usize;
     for (path, m, mode) in ctx.repo.index_markers()? {
         let file = workdir.join(&path);
         // Only a file that still holds exactly git's marker is replaced: never
@@ -40,26 +42,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         };
         replace(&file, &m, content, mode)?;
-        restored += 1;
+        restored.push(path);
     }
     ctx.save_index()?;
-    if restored > 0 {
-        // The files changed under git's index: refresh its stat data so that
-        // `git status` does not see them as modified.
-        let status = Command::new("git")
-            .args(["update-index", "-q", "--refresh"])
-            .current_dir(&workdir)
-            .status()
-            .context("cannot run `git update-index --refresh`")?;
-        // Exit 1 only says some files differ from the index; that is the user's business.
-        if status.code().is_none_or(|c| c > 1) {
-            bail!(
-                "`git update-index --refresh` failed in {}",
-                workdir.display()
-            );
-        }
-    }
-    eprintln!("fcache: checked out {restored} file(s)");
+    update_git_index(&workdir, &restored)?;
+    eprintln!("fcache: checked out {} file(s)", restored.len());
     if missing > 0 {
         if ctx.store.config.strict {
             bail!("{missing} file(s) could not be checked out and fcache.strict is set");
@@ -67,6 +54,34 @@ pub fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files changed size under git's index, and git takes a changed size as
+/// changed content without looking. Re-adding them (clean gives the same
+/// marker, so the staged content is unchanged) records their new stat data,
+/// so that `git status` stays clean.
+fn update_git_index(workdir: &Path, paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("git")
+        .args(["update-index", "-q", "-z", "--stdin"])
+        .current_dir(workdir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("cannot run `git update-index`")?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin was piped");
+        for p in paths {
+            stdin.write_all(p.as_os_str().as_encoded_bytes())?;
+            stdin.write_all(b"\0")?;
+        }
+    }
+    let status = child.wait().context("cannot run `git update-index`")?;
+    if !status.success() {
+        bail!("`git update-index` failed in {}", workdir.display());
+    }
+    Ok(())
 }
 
 /// Write the content next to `file`, then rename it over the marker.

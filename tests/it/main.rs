@@ -1,1 +1,7 @@
-//! Integration tests: real git driving the real filter.
+//! Integration tests: real git driving the real filter, each test in its own
+//! temporary HOME, cache and archive.
+
+mod common;
+mod core;
+mod memory;
+mod smudge;
