@@ -1,8 +1,10 @@
 //! The cache and the archive together: how an object is stored, found,
 //! fetched again when the cache lost or spoiled it, and sent to the archive.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{self, Archive, ArchiveError};
@@ -49,6 +51,22 @@ pub struct Verified {
 pub struct Unavailable {
     pub id: ObjectId,
     pub reason: ArchiveError,
+    /// Where the cache's corrupt copy was moved, if there was one.
+    pub quarantined: Option<PathBuf>,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.reason)?;
+        if let Some(q) = &self.quarantined {
+            write!(
+                f,
+                "; the cached copy was corrupt and was moved to {}",
+                q.display()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -89,9 +107,18 @@ impl Store {
                 size,
                 downloaded: false,
             },
-            Lookup::Absent | Lookup::Corrupt { .. } => match self.download(id)? {
+            Lookup::Absent => match self.download(id)? {
                 Ok(v) => v,
                 Err(unavailable) => return Ok(Err(unavailable)),
+            },
+            Lookup::Corrupt { quarantined } => match self.download(id)? {
+                Ok(v) => v,
+                Err(unavailable) => {
+                    return Ok(Err(Unavailable {
+                        quarantined: Some(quarantined),
+                        ..unavailable
+                    }));
+                }
             },
         };
         if let Some(expected) = expected_size
@@ -110,7 +137,11 @@ impl Store {
     pub fn download(&self, id: &ObjectId) -> Result<Result<Verified, Unavailable>, StoreError> {
         let mut pending = self.cache.begin_write()?;
         if let Err(reason) = self.archive.get(id, &mut pending) {
-            return Ok(Err(Unavailable { id: *id, reason }));
+            return Ok(Err(Unavailable {
+                id: *id,
+                reason,
+                quarantined: None,
+            }));
         }
         let (_, size) = match self.cache.commit(pending, Some(id)) {
             Ok(done) => done,
@@ -122,6 +153,7 @@ impl Store {
                         expected,
                         actual,
                     },
+                    quarantined: None,
                 }));
             }
             Err(e) => return Err(e.into()),

@@ -29,7 +29,7 @@ pub fn run(path_or_id: &str) -> anyhow::Result<ExitCode> {
             hashing::copy(&mut v.file, &mut stdout).context("cannot write to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(u) => Err(anyhow!(u.reason)).with_context(|| format!("cannot get object {id}")),
+        Err(u) => bail!("cannot get object {id}: {u}"),
     }
 }
 

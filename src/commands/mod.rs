@@ -157,6 +157,20 @@ fn stdio() -> anyhow::Result<(File, File)> {
     Ok((File::from(stdin), File::from(stdout)))
 }
 
+#[cfg(windows)]
+fn stdio() -> anyhow::Result<(File, File)> {
+    use std::os::windows::io::AsHandle;
+    let stdin = io::stdin()
+        .as_handle()
+        .try_clone_to_owned()
+        .context("cannot open stdin")?;
+    let stdout = io::stdout()
+        .as_handle()
+        .try_clone_to_owned()
+        .context("cannot open stdout")?;
+    Ok((File::from(stdin), File::from(stdout)))
+}
+
 /// A path for messages: what git passed, or a placeholder.
 fn shown(path: &Option<PathBuf>) -> String {
     path.as_ref()

@@ -22,7 +22,7 @@ pub fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// The one line a user sees for a file whose object could not be had.
 pub(super) fn missing_warning(path: &str, unavailable: &crate::store::Unavailable) -> String {
     format!(
-        "fcache: warning: {path}: object {} is not in the cache and could not be fetched ({}); the file holds its marker for now: run `fcache pull` once the archive has it",
-        unavailable.id, unavailable.reason
+        "fcache: warning: {path}: object {} is not in the cache and could not be fetched ({unavailable}); the file holds its marker for now: run `fcache pull` once the archive has it",
+        unavailable.id
     )
 }

@@ -2,6 +2,7 @@
 //! temporary HOME, cache and archive.
 
 mod common;
+mod concurrency;
 mod core;
 mod memory;
 mod smudge;
