@@ -19,6 +19,8 @@ pub struct User {
     pub cache: PathBuf,
     pub archive: PathBuf,
     pub extra_env: Vec<(String, String)>,
+    /// Leave the cache and archive where fcache puts them by default (under HOME).
+    pub default_places: bool,
 }
 
 impl TestEnv {
@@ -44,6 +46,7 @@ impl TestEnv {
             home,
             archive: self.archive.clone(),
             extra_env: Vec::new(),
+            default_places: false,
         };
         user.git(
             self.path(),
@@ -64,8 +67,10 @@ impl TestEnv {
     }
 }
 
+/// Where cargo put the `fcache` binary under test; first on every command's PATH,
+/// so that git's filter runs it.
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_fcache"))
+    assert_cmd::cargo::cargo_bin("fcache")
         .parent()
         .unwrap()
         .to_owned()
@@ -136,9 +141,11 @@ impl User {
             .env("GIT_AUTHOR_EMAIL", "test@example.com")
             .env("GIT_COMMITTER_NAME", "Test")
             .env("GIT_COMMITTER_EMAIL", "test@example.com")
-            .env("FCACHE_CACHE_DIR", &self.cache)
-            .env("FCACHE_ARCHIVE", &self.archive)
             .stdin(Stdio::null());
+        if !self.default_places {
+            cmd.env("FCACHE_CACHE_DIR", &self.cache)
+                .env("FCACHE_ARCHIVE", &self.archive);
+        }
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -181,25 +188,25 @@ impl User {
 
     /// Run a command with `input` on stdin.
     pub fn pipe(&self, program: &str, dir: &Path, args: &[&str], input: &[u8]) -> Run {
-        use std::io::Write;
-        let mut child = self
-            .command(program, dir)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut cmd = self.command(program, dir);
+        cmd.args(args);
+        let output = assert_cmd::Command::from_std(cmd)
+            .write_stdin(input.to_vec())
+            .output()
             .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_owned();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap();
         Run {
             output,
             what: format!("{program} {}", args.join(" ")),
+        }
+    }
+
+    /// The same user relying on the default cache and archive places under HOME.
+    pub fn with_default_places(&self) -> User {
+        User {
+            cache: self.home.join(".cache/fcache"),
+            archive: self.home.join(".local/share/fcache/archive"),
+            default_places: true,
+            ..self.clone()
         }
     }
 

@@ -442,3 +442,60 @@ fn push_refuses_when_an_object_is_in_neither_cache_nor_archive() {
         .run("git", &remote, ["rev-parse", "--verify", "-q", "main"])
         .failure();
 }
+
+#[test]
+fn default_cache_and_archive_live_under_home() {
+    let env = TestEnv::new();
+    let alice = env.user("alice").with_default_places();
+    let repo = alice.repo(&env, "repo", &["*.bin"]);
+    let data = random_bytes(30, 4096);
+    fs::write(repo.join("a.bin"), &data).unwrap();
+    alice.git(&repo, ["add", "."]);
+    alice.git(&repo, ["commit", "-q", "-m", "a"]);
+    alice.fcache(&repo, ["push"]).success();
+    let id = sha256_hex(&data);
+    let cached = alice.home.join(format!(
+        ".cache/fcache/objects/{}/{}/{id}.cache",
+        &id[..2],
+        &id[2..4]
+    ));
+    let archived = alice.home.join(format!(
+        ".local/share/fcache/archive/objects/{}/{}/{id}",
+        &id[..2],
+        &id[2..4]
+    ));
+    assert_eq!(fs::read(cached).unwrap(), data);
+    assert_eq!(fs::read(archived).unwrap(), data);
+    // git config can move the cache; the environment wins over it.
+    let moved = env.path().join("moved-cache");
+    alice.git(
+        &repo,
+        ["config", "fcache.cachedir", moved.to_str().unwrap()],
+    );
+    alice.git(&repo, ["rm", "-q", "--cached", "a.bin"]);
+    alice.git(&repo, ["add", "a.bin"]);
+    assert_eq!(files_under(&moved.join("objects")).len(), 1);
+}
+
+#[test]
+fn index_timestamps_come_from_the_replaceable_clock() {
+    let env = TestEnv::new();
+    let alice = env.user("alice");
+    let repo = alice.repo(&env, "repo", &["*.bin"]);
+    fs::write(repo.join("a.bin"), b"clocked").unwrap();
+    alice
+        .with_env("FCACHE_NOW", "2030-01-02T03:04:05Z")
+        .git(&repo, ["add", "a.bin"]);
+    fs::remove_file(repo.join("a.bin")).unwrap();
+    alice
+        .with_env("FCACHE_NOW", "2031-06-07T08:09:10+02:00")
+        .git(&repo, ["checkout", "--", "a.bin"]);
+    let index = fs::read_to_string(repo.join(".git/fcache/index.csv")).unwrap();
+    assert_eq!(
+        index,
+        format!(
+            "identifier,size,added,last_used\n{},7,2030-01-02T03:04:05Z,2031-06-07T06:09:10Z\n",
+            sha256_hex(b"clocked")
+        )
+    );
+}
