@@ -61,12 +61,16 @@ pub fn install(local: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn install_hooks(repo: &Repo) -> anyhow::Result<()> {
+/// Install fcache's hooks into the repository, leaving a user's own hooks alone.
+pub(super) fn install_hooks(repo: &Repo) -> anyhow::Result<()> {
     let dir = repo.hooks_dir()?;
     for (name, content) in HOOKS {
         let path = dir.join(name);
         match fs_err::read_to_string(&path) {
             Ok(existing) if existing == content => {}
+            // A user's hook that already calls fcache.
+            Ok(existing)
+                if !existing.contains(HOOK_SIGNATURE) && existing.contains("fcache push") => {}
             Ok(existing) if !existing.contains(HOOK_SIGNATURE) => {
                 eprintln!(
                     "fcache: warning: {} already exists and was left alone; add the line `fcache push \"$@\"` to it so that pushes send objects to the archive",
@@ -74,6 +78,7 @@ fn install_hooks(repo: &Repo) -> anyhow::Result<()> {
                 );
                 continue;
             }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             Ok(_) | Err(_) => {
                 write_hook(&path, content)?;
                 eprintln!("fcache: installed {}", path.display());

@@ -34,6 +34,8 @@ struct Report {
     archive: String,
     /// Why the archive could not be asked, if it could not.
     archive_error: Option<String>,
+    /// Whether this repository's pre-push hook calls fcache.
+    pre_push_hook: bool,
 }
 
 #[derive(Serialize)]
@@ -114,6 +116,8 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         },
         archive: ctx.store.archive.location().to_owned(),
         archive_error,
+        pre_push_hook: fs_err::read_to_string(ctx.repo.hooks_dir()?.join("pre-push"))
+            .is_ok_and(|hook| hook.contains("fcache push")),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -179,5 +183,10 @@ fn print_text(r: &Report) {
     match &r.archive_error {
         Some(e) => println!("Archive {}: cannot be reached: {e}", r.archive),
         None => println!("Archive {}", r.archive),
+    }
+    if !r.pre_push_hook {
+        println!(
+            "The pre-push hook is not installed: run `fcache install` here, or `git push` will not send objects to the archive"
+        );
     }
 }

@@ -10,8 +10,7 @@ use crate::repo::Repo;
 const ATTRIBUTES: &str = "filter=fcache diff=fcache merge=fcache -text";
 
 /// Where `.gitattributes` is, and the current directory relative to the work tree.
-fn locate() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let repo = Repo::discover()?;
+fn locate(repo: &Repo) -> anyhow::Result<(PathBuf, PathBuf)> {
     let Some(workdir) = repo.workdir() else {
         bail!("this repository has no work tree; run track in a checkout");
     };
@@ -70,7 +69,8 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn track(patterns: &[String]) -> anyhow::Result<ExitCode> {
-    let (path, relative) = locate()?;
+    let repo = Repo::discover()?;
+    let (path, relative) = locate(&repo)?;
     let mut text = read(&path)?;
     if patterns.is_empty() {
         let tracked: Vec<&str> = text.lines().filter_map(tracked_pattern).collect();
@@ -101,11 +101,14 @@ pub fn track(patterns: &[String]) -> anyhow::Result<ExitCode> {
     if changed {
         write(&path, &text)?;
     }
+    // Tracking is the moment a repository starts needing its objects pushed:
+    // make sure the pre-push hook is there (a clone does not bring hooks along).
+    super::install::install_hooks(&repo)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn untrack(patterns: &[String]) -> anyhow::Result<ExitCode> {
-    let (path, relative) = locate()?;
+    let (path, relative) = locate(&Repo::discover()?)?;
     let text = read(&path)?;
     let escaped: Vec<String> = patterns.iter().map(|p| escape(p, &relative)).collect();
     let mut kept = String::with_capacity(text.len());

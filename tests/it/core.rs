@@ -146,6 +146,12 @@ fn skip_smudge_leaves_markers_and_pull_replaces_them() {
     let status = bob.fcache(&clone, ["status", "--json"]).success().stdout();
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(json["not_checked_out"].as_array().unwrap().len(), 0);
+    // A clone brings no hooks: status says so until `fcache install` runs here.
+    assert_eq!(json["pre_push_hook"], false);
+    bob.fcache(&clone, ["install"]).success();
+    let json: serde_json::Value =
+        serde_json::from_str(&bob.fcache(&clone, ["status", "--json"]).success().stdout()).unwrap();
+    assert_eq!(json["pre_push_hook"], true);
     assert_eq!(json["objects"].as_array().unwrap().len(), 2);
 }
 
