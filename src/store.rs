@@ -28,6 +28,11 @@ pub enum StoreError {
     },
     #[error("object {id} is not in the cache; it cannot be sent to archive {archive}")]
     NotCached { id: ObjectId, archive: String },
+    #[error(
+        "the cached copy of object {id} is corrupt and was moved to {}; it cannot be sent to the archive",
+        quarantined.display()
+    )]
+    CorruptCached { id: ObjectId, quarantined: PathBuf },
     #[error("cannot read input")]
     Input(#[source] io::Error),
 }
@@ -183,8 +188,18 @@ impl Store {
             });
         }
         // The archive verifies what it receives against the identifier, so a
-        // cache copy that rotted is refused there rather than archived.
-        self.archive.put(id, &self.cache.object_path(id))?;
-        Ok(true)
+        // cache copy that rotted is refused there rather than archived; it is
+        // then moved out of the way like any corrupt object.
+        match self.archive.put(id, &self.cache.object_path(id)) {
+            Ok(()) => Ok(true),
+            Err(ArchiveError::WrongContent { .. }) => {
+                let quarantined = self.cache.quarantine(id)?;
+                Err(StoreError::CorruptCached {
+                    id: *id,
+                    quarantined,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

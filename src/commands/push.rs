@@ -49,7 +49,7 @@ pub fn run(all: bool, remote: Option<String>, url: Option<String>) -> anyhow::Re
         match ctx.store.push(&m.id) {
             Ok(true) => sent += 1,
             Ok(false) => present += 1,
-            Err(e @ StoreError::NotCached { .. }) => {
+            Err(e @ (StoreError::NotCached { .. } | StoreError::CorruptCached { .. })) => {
                 failed += 1;
                 eprintln!("fcache: error: {path}: {e}");
             }

@@ -505,3 +505,25 @@ fn index_timestamps_come_from_the_replaceable_clock() {
         )
     );
 }
+
+#[test]
+fn push_never_archives_a_corrupt_cached_copy() {
+    let env = TestEnv::new();
+    let alice = env.user("alice");
+    let repo = alice.repo(&env, "repo", &["*.bin"]);
+    let data = random_bytes(40, 20_000);
+    fs::write(repo.join("a.bin"), &data).unwrap();
+    alice.git(&repo, ["add", "."]);
+    alice.git(&repo, ["commit", "-q", "-m", "a"]);
+    let object = alice.cached_objects().pop().unwrap();
+    overwrite(&object, &random_bytes(41, 20_000));
+    let push = alice.fcache(&repo, ["push"]).failure();
+    assert!(
+        push.stderr().contains(&sha256_hex(&data)),
+        "{}",
+        push.stderr()
+    );
+    assert!(files_under(&env.archive.join("objects")).is_empty());
+    assert!(!object.exists(), "the corrupt copy stayed in the cache");
+    assert_eq!(files_under(&alice.cache.join("quarantine")).len(), 1);
+}
