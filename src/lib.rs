@@ -17,3 +17,4 @@ pub mod marker;
 pub mod oid;
 pub mod repo;
 pub mod store;
+pub mod transfer;

@@ -1,5 +1,6 @@
 //! The cache and the archive together: how an object is stored, found,
 //! fetched again when the cache lost or spoiled it, and sent to the archive.
+//! Transfers of many objects go in batches, several at once.
 
 use std::fmt;
 use std::fs::File;
@@ -7,12 +8,13 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::archive::{self, Archive, ArchiveError};
+use crate::archive::{self, Archive, ArchiveError, Download};
 use crate::cache::{Cache, CacheError, Lookup};
 use crate::config::Config;
 use crate::hashing;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::transfer::{self, Progress, ProgressWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +65,11 @@ pub struct Unavailable {
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.reason)?;
+        let mut source = std::error::Error::source(&self.reason);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
         if let Some(q) = &self.quarantined {
             write!(
                 f,
@@ -72,6 +79,13 @@ impl fmt::Display for Unavailable {
         }
         Ok(())
     }
+}
+
+/// What `push_many` did with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Sent,
+    AlreadyThere,
 }
 
 impl Store {
@@ -97,26 +111,17 @@ impl Store {
     /// into the cache when the cache lacks it or holds a corrupt copy.
     /// `Ok(Err(_))` means neither has it (or the archive could not give it).
     pub fn get(&self, marker: &Marker) -> Result<Result<Verified, Unavailable>, StoreError> {
-        self.get_checked(&marker.id, Some(marker.size))
-    }
-
-    /// As `get`, checking the size only when one is expected.
-    pub fn get_checked(
-        &self,
-        id: &ObjectId,
-        expected_size: Option<u64>,
-    ) -> Result<Result<Verified, Unavailable>, StoreError> {
-        let v = match self.cache.open_verified(id)? {
+        let v = match self.cache.open_verified(&marker.id)? {
             Lookup::Hit { file, size } => Verified {
                 file,
                 size,
                 downloaded: false,
             },
-            Lookup::Absent => match self.download(id)? {
+            Lookup::Absent => match self.download(marker)? {
                 Ok(v) => v,
                 Err(unavailable) => return Ok(Err(unavailable)),
             },
-            Lookup::Corrupt { quarantined } => match self.download(id)? {
+            Lookup::Corrupt { quarantined } => match self.download(marker)? {
                 Ok(v) => v,
                 Err(unavailable) => {
                     return Ok(Err(Unavailable {
@@ -126,80 +131,237 @@ impl Store {
                 }
             },
         };
-        if let Some(expected) = expected_size
-            && v.size != expected
-        {
+        if v.size != marker.size {
             return Err(StoreError::SizeMismatch {
-                id: *id,
-                expected,
+                id: marker.id,
+                expected: marker.size,
                 actual: v.size,
             });
         }
         Ok(Ok(v))
     }
 
-    /// Fetch an object from the archive into the cache, verified on the way.
-    pub fn download(&self, id: &ObjectId) -> Result<Result<Verified, Unavailable>, StoreError> {
-        let mut pending = self.cache.begin_write()?;
-        if let Err(reason) = self.archive.get(id, &mut pending) {
-            return Ok(Err(Unavailable {
-                id: *id,
-                reason,
-                quarantined: None,
-            }));
-        }
-        let (_, size) = match self.cache.commit(pending, Some(id)) {
-            Ok(done) => done,
-            Err(CacheError::WrongContent { expected, actual }) => {
-                return Ok(Err(Unavailable {
-                    id: *id,
-                    reason: ArchiveError::WrongContent {
-                        archive: self.archive.location().to_owned(),
-                        expected,
-                        actual,
-                    },
-                    quarantined: None,
-                }));
-            }
-            Err(e) => return Err(e.into()),
+    /// Fetch one object from the archive into the cache, verified on the way.
+    pub fn download(&self, marker: &Marker) -> Result<Result<Verified, Unavailable>, StoreError> {
+        let unavailable = |reason| Unavailable {
+            id: marker.id,
+            reason,
+            quarantined: None,
         };
-        let path = self.cache.object_path(id);
+        let download = match self.archive.downloads(std::slice::from_ref(marker)) {
+            Ok(mut batch) => match batch.pop().expect("a batch answers every object") {
+                Ok(d) => d,
+                Err(reason) => return Ok(Err(unavailable(reason))),
+            },
+            Err(reason) => return Ok(Err(unavailable(reason))),
+        };
+        if let Err(reason) =
+            self.download_into_cache(marker, download.as_ref(), &transfer::NoProgress)?
+        {
+            return Ok(Err(unavailable(reason)));
+        }
+        let path = self.cache.object_path(&marker.id);
         let file = fs_err::File::open(&path)
             .map_err(|source| CacheError::Io { path, source })?
             .into_parts()
             .0;
         Ok(Ok(Verified {
             file,
-            size,
+            size: marker.size,
             downloaded: true,
         }))
     }
 
-    /// Send an object from the cache to the archive unless the archive has it.
-    /// Returns whether it was sent.
-    pub fn push(&self, id: &ObjectId) -> Result<bool, StoreError> {
-        if self.archive.contains(id)? {
-            return Ok(false);
+    /// Stream one download into the cache, verifying identifier and size
+    /// before the object is put in place. `Ok(Err(_))`: the archive failed or
+    /// sent the wrong bytes, and nothing entered the cache.
+    fn download_into_cache(
+        &self,
+        marker: &Marker,
+        download: &dyn Download,
+        progress: &dyn Progress,
+    ) -> Result<Result<(), ArchiveError>, StoreError> {
+        let mut pending = self.cache.begin_write()?;
+        let read = download.read(
+            0..marker.size,
+            &mut ProgressWriter::new(&mut pending, progress),
+        );
+        if let Err(reason) = read {
+            return Ok(Err(reason));
         }
-        if !self.cache.contains(id) {
-            return Err(StoreError::NotCached {
-                id: *id,
+        if pending.len() != marker.size {
+            return Ok(Err(ArchiveError::WrongSize {
                 archive: self.archive.location().to_owned(),
-            });
+                id: marker.id,
+                expected: marker.size,
+                actual: pending.len(),
+            }));
         }
+        match self.cache.commit(pending, Some(&marker.id)) {
+            Ok(_) => Ok(Ok(())),
+            Err(CacheError::WrongContent { expected, actual }) => {
+                Ok(Err(ArchiveError::WrongContent {
+                    archive: self.archive.location().to_owned(),
+                    expected,
+                    actual,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Make sure every object in `wanted` is in the cache, downloading those
+    /// it lacks in batches, several at once. Returns, in order, what could
+    /// not be had; empty objects and objects already cached need nothing.
+    pub fn fetch_many(
+        &self,
+        wanted: &[Marker],
+        progress: &dyn Progress,
+    ) -> Result<Vec<Unavailable>, StoreError> {
+        let missing: Vec<Marker> = wanted
+            .iter()
+            .filter(|m| m.size > 0 && !self.cache.contains(&m.id))
+            .copied()
+            .collect();
+        progress.start(missing.len() as u64, missing.iter().map(|m| m.size).sum());
+        let mut unavailable = Vec::new();
+        let mut ready = Vec::new();
+        for chunk in missing.chunks(self.archive.batch_size().max(1)) {
+            match self.archive.downloads(chunk) {
+                Ok(batch) => {
+                    for (m, d) in chunk.iter().zip(batch) {
+                        match d {
+                            Ok(d) => ready.push((*m, d)),
+                            Err(reason) => {
+                                progress.object_done();
+                                unavailable.push(Unavailable {
+                                    id: m.id,
+                                    reason,
+                                    quarantined: None,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for m in chunk {
+                        progress.object_done();
+                        unavailable.push(Unavailable {
+                            id: m.id,
+                            reason: repeat(self.archive.location(), &e),
+                            quarantined: None,
+                        });
+                    }
+                }
+            }
+        }
+        let results = transfer::parallel_map(ready, self.archive.parallelism(), |(m, d)| {
+            let r = self.download_into_cache(&m, d.as_ref(), progress);
+            progress.object_done();
+            (m, r)
+        });
+        for (m, r) in results {
+            if let Err(reason) = r? {
+                unavailable.push(Unavailable {
+                    id: m.id,
+                    reason,
+                    quarantined: None,
+                });
+            }
+        }
+        progress.finish();
+        Ok(unavailable)
+    }
+
+    /// Send to the archive every object of `objects` it lacks, in batches,
+    /// several at once. Results are per object, in order; empty objects are
+    /// never sent (they need no content).
+    pub fn push_many(
+        &self,
+        objects: &[Marker],
+        progress: &dyn Progress,
+    ) -> Result<Vec<Result<Pushed, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<Pushed, StoreError>>> =
+            objects.iter().map(|_| None).collect();
+        let mut todo = Vec::new();
+        let nonempty: Vec<(usize, Marker)> = objects
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, m)| {
+                let empty = m.size == 0;
+                if empty {
+                    results[*i] = Some(Ok(Pushed::AlreadyThere));
+                }
+                !empty
+            })
+            .collect();
+        for chunk in nonempty.chunks(self.archive.batch_size().max(1)) {
+            let markers: Vec<Marker> = chunk.iter().map(|(_, m)| *m).collect();
+            let batch = self.archive.uploads(&markers)?;
+            for ((i, m), upload) in chunk.iter().zip(batch) {
+                match upload {
+                    Ok(None) => results[*i] = Some(Ok(Pushed::AlreadyThere)),
+                    Ok(Some(u)) if self.cache.contains(&m.id) => todo.push((*i, *m, u)),
+                    Ok(Some(_)) => {
+                        results[*i] = Some(Err(StoreError::NotCached {
+                            id: m.id,
+                            archive: self.archive.location().to_owned(),
+                        }))
+                    }
+                    Err(e) => results[*i] = Some(Err(e.into())),
+                }
+            }
+        }
+        progress.start(todo.len() as u64, todo.iter().map(|(_, m, _)| m.size).sum());
+        let sent = transfer::parallel_map(todo, self.archive.parallelism(), |(i, m, upload)| {
+            let r = self.send(&m, upload.as_ref());
+            progress.bytes(m.size);
+            progress.object_done();
+            (i, r)
+        });
+        for (i, r) in sent {
+            results[i] = Some(r.map(|()| Pushed::Sent));
+        }
+        progress.finish();
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every object has a result"))
+            .collect())
+    }
+
+    /// Send one cached object through its upload handle.
+    fn send(&self, m: &Marker, upload: &dyn archive::Upload) -> Result<(), StoreError> {
         // The archive verifies what it receives against the identifier, so a
         // cache copy that rotted is refused there rather than archived; it is
         // then moved out of the way like any corrupt object.
-        match self.archive.put(id, &self.cache.object_path(id)) {
-            Ok(()) => Ok(true),
-            Err(ArchiveError::WrongContent { .. }) => {
-                let quarantined = self.cache.quarantine(id)?;
+        match upload.send(&self.cache.object_path(&m.id)) {
+            Ok(()) => Ok(()),
+            Err(ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. }) => {
+                let quarantined = self.cache.quarantine(&m.id)?;
                 Err(StoreError::CorruptCached {
-                    id: *id,
+                    id: m.id,
                     quarantined,
                 })
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The same failure, for each object of a batch that failed as a whole.
+fn repeat(archive: &str, e: &ArchiveError) -> ArchiveError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let prefix = format!("archive {archive}: ");
+    ArchiveError::Remote {
+        archive: archive.to_owned(),
+        message: message.strip_prefix(&prefix).unwrap_or(&message).to_owned(),
+        source: None,
     }
 }

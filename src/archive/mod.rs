@@ -1,17 +1,26 @@
 //! Archives: where objects live beyond this machine's cache.
 //!
 //! One small, object-safe, streaming trait; the implementation is picked from
-//! the archive URL at run time. Callers never hold whole objects: `put` reads
-//! from a file (so a transfer can be retried or split), `get` streams into a
-//! writer, and the caller verifies what arrives before trusting it.
+//! the archive URL at run time. It is shaped for remote stores: the batch
+//! methods take many objects at once (one Git LFS Batch API request per
+//! `batch_size()` objects) and hand back one transfer handle per object,
+//! which callers run in parallel (`parallelism()` at a time). A handle
+//! streams: `Download::read` writes into a sink, `Upload::send` reads from a
+//! file, so a transfer can be retried or resumed inside the handle and no
+//! object is ever held whole in memory. Callers verify what arrives before
+//! trusting it; an archive error is an error, never a silent miss.
+//!
+//! The one-object forms (`contains`, `get`, `put`) are sugar on `dyn Archive`.
 
 mod dir;
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::dir::DirArchive;
+use crate::marker::Marker;
 use crate::oid::ObjectId;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,13 @@ pub enum ArchiveError {
         expected: ObjectId,
         actual: ObjectId,
     },
+    #[error("archive {archive}: object {id} has {actual} bytes, expected {expected}")]
+    WrongSize {
+        archive: String,
+        id: ObjectId,
+        expected: u64,
+        actual: u64,
+    },
     #[error("cannot write object {id} out of archive {archive}")]
     Sink {
         archive: String,
@@ -38,29 +54,95 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    #[error("archive {archive}: {message}")]
+    Remote {
+        archive: String,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("unsupported archive location {0:?}: use a directory path or file:// URL")]
     Unsupported(String),
-}
-
-pub trait Archive: Send + Sync {
-    /// The location as the user configured it, for messages.
-    fn location(&self) -> &str;
-
-    fn contains(&self, id: &ObjectId) -> Result<bool, ArchiveError>;
-
-    /// Store the object whose verified content is in the file `source`.
-    /// Storing an object the archive already holds succeeds without rewriting it.
-    fn put(&self, id: &ObjectId, source: &Path) -> Result<(), ArchiveError>;
-
-    /// Stream the object's content into `sink`; returns the bytes written.
-    /// A missing object is `ArchiveError::NotFound`, never an empty success.
-    fn get(&self, id: &ObjectId, sink: &mut dyn Write) -> Result<u64, ArchiveError>;
 }
 
 impl ArchiveError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ArchiveError::NotFound { .. })
     }
+}
+
+/// Per-object results of a batch call, in the order of the objects asked for.
+pub type Batch<T> = Vec<Result<T, ArchiveError>>;
+
+pub trait Archive: Send + Sync {
+    /// The location as the user configured it, for messages.
+    fn location(&self) -> &str;
+
+    /// Which of `objects` the archive holds, in order.
+    fn contains_many(&self, objects: &[Marker]) -> Result<Vec<bool>, ArchiveError>;
+
+    /// A download handle per object, in order; an object the archive lacks
+    /// gets `ArchiveError::NotFound` in its slot.
+    fn downloads(&self, objects: &[Marker]) -> Result<Batch<Box<dyn Download>>, ArchiveError>;
+
+    /// An upload handle per object the archive lacks, in order; `None` where
+    /// the archive holds it already.
+    fn uploads(&self, objects: &[Marker]) -> Result<Batch<Option<Box<dyn Upload>>>, ArchiveError>;
+
+    /// How many objects one call of the batch methods should carry.
+    fn batch_size(&self) -> usize {
+        100
+    }
+
+    /// How many transfers callers should run at once.
+    fn parallelism(&self) -> usize {
+        4
+    }
+}
+
+/// One object, ready to be read out of the archive.
+pub trait Download: Send + Sync {
+    /// Stream the bytes `range` of the object into `sink` (the whole object is
+    /// `0..size`); returns how many were written. An implementation that can
+    /// resume an interrupted transfer does so itself, so the sink sees each
+    /// byte once.
+    fn read(&self, range: Range<u64>, sink: &mut dyn Write) -> Result<u64, ArchiveError>;
+}
+
+/// One object the archive lacks, ready to be sent.
+pub trait Upload: Send + Sync {
+    /// Send the object's content from the file `source`. The archive refuses
+    /// content that does not hash to the identifier or has the wrong size,
+    /// and stores nothing for it.
+    fn send(&self, source: &Path) -> Result<(), ArchiveError>;
+}
+
+impl dyn Archive + '_ {
+    pub fn contains(&self, object: &Marker) -> Result<bool, ArchiveError> {
+        Ok(self.contains_many(std::slice::from_ref(object))?[0])
+    }
+
+    /// Stream the whole object into `sink`; returns the bytes written.
+    pub fn get(&self, object: &Marker, sink: &mut dyn Write) -> Result<u64, ArchiveError> {
+        let download = one(self.downloads(std::slice::from_ref(object))?)?;
+        download.read(0..object.size, sink)
+    }
+
+    /// Store the object whose content is in `source`, unless the archive has it.
+    /// Returns whether it was sent.
+    pub fn put(&self, object: &Marker, source: &Path) -> Result<bool, ArchiveError> {
+        match one(self.uploads(std::slice::from_ref(object))?)? {
+            Some(upload) => upload.send(source).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+fn one<T>(batch: Batch<T>) -> Result<T, ArchiveError> {
+    batch
+        .into_iter()
+        .next()
+        .expect("a batch answers every object asked for")
 }
 
 /// Open the archive named by `location`: a directory path or a `file://` URL.
@@ -74,39 +156,145 @@ pub fn open(location: &str) -> Result<Arc<dyn Archive>, ArchiveError> {
     Ok(Arc::new(DirArchive::new(location, PathBuf::from(location))))
 }
 
+/// A sink that writes only the bytes `skip..skip + len` of what it is given:
+/// ranged reads for archives whose storage can only stream from the start.
+pub struct RangeSink<'a> {
+    inner: &'a mut dyn Write,
+    skip: u64,
+    left: u64,
+}
+
+impl<'a> RangeSink<'a> {
+    pub fn new(inner: &'a mut dyn Write, range: Range<u64>) -> Self {
+        Self {
+            inner,
+            skip: range.start,
+            left: range.end.saturating_sub(range.start),
+        }
+    }
+}
+
+impl Write for RangeSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let skipped = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.skip -= skipped as u64;
+        let rest = &buf[skipped..];
+        let take = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(rest.len());
+        self.inner.write_all(&rest[..take])?;
+        self.left -= take as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod conformance {
-    //! What every archive must do; each implementation's tests call `run`.
+    //! What every archive must do; each implementation's tests call `run`
+    //! (git-annex's `testremote` is the model).
     use super::*;
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    pub fn run(archive: &dyn Archive) {
+    /// Sizes every archive is tested with; `big` adds a 100 MiB object.
+    pub fn sizes(big: bool) -> Vec<usize> {
+        let mut sizes = vec![0usize, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1];
+        if big {
+            sizes.push(100 << 20);
+        }
+        sizes
+    }
+
+    pub fn run(archive: &dyn Archive, big: bool) {
         let dir = tempfile::tempdir().unwrap();
-        for len in [0usize, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1] {
+        let mut stored = Vec::new();
+        for len in sizes(big) {
             let bytes = sample(len);
-            let id = ObjectId::of_bytes(&bytes);
+            let m = Marker::new(ObjectId::of_bytes(&bytes), len as u64);
             let src = dir.path().join(format!("obj-{len}"));
             std::fs::write(&src, &bytes).unwrap();
 
-            assert!(!archive.contains(&id).unwrap());
-            let err = archive.get(&id, &mut Vec::new()).unwrap_err();
-            assert!(err.is_not_found(), "{err}");
+            assert!(!archive.contains(&m).unwrap(), "{len}: contains before put");
+            let err = archive.get(&m, &mut Vec::new()).unwrap_err();
+            assert!(err.is_not_found(), "{len}: {err}");
 
-            archive.put(&id, &src).unwrap();
-            archive.put(&id, &src).unwrap();
-            assert!(archive.contains(&id).unwrap());
+            assert!(archive.put(&m, &src).unwrap(), "{len}: first put sends");
+            assert!(
+                !archive.put(&m, &src).unwrap(),
+                "{len}: second put finds it"
+            );
+            assert!(archive.contains(&m).unwrap(), "{len}: contains after put");
             let mut out = Vec::new();
-            assert_eq!(archive.get(&id, &mut out).unwrap(), len as u64);
+            assert_eq!(archive.get(&m, &mut out).unwrap(), len as u64);
             assert!(out == bytes, "round trip of {len} bytes");
+
+            // Ranged reads: a middle slice, the tail, and an empty range.
+            if len > 2 {
+                let mid = (len / 3) as u64..(2 * len / 3) as u64;
+                let download = one(archive.downloads(&[m]).unwrap()).unwrap();
+                let mut part = Vec::new();
+                assert_eq!(
+                    download.read(mid.clone(), &mut part).unwrap(),
+                    mid.end - mid.start
+                );
+                assert!(part == bytes[mid.start as usize..mid.end as usize]);
+                let mut tail = Vec::new();
+                download
+                    .read(len as u64 - 1..len as u64, &mut tail)
+                    .unwrap();
+                assert_eq!(tail, bytes[len - 1..]);
+            }
+            stored.push(m);
         }
-        // Content that does not match its identifier is refused, nothing stored.
-        let id = ObjectId::of_bytes(b"claimed");
-        let src = dir.path().join("liar");
-        std::fs::write(&src, b"actual").unwrap();
-        assert!(archive.put(&id, &src).is_err());
-        assert!(!archive.contains(&id).unwrap());
+        // Batch forms answer every object, in order.
+        let absent = Marker::new(ObjectId::of_bytes(b"never stored"), 12);
+        let mut asked = stored.clone();
+        asked.insert(1, absent);
+        let found = archive.contains_many(&asked).unwrap();
+        assert_eq!(found.len(), asked.len());
+        assert!(!found[1]);
+        assert!(found.iter().enumerate().all(|(i, &f)| f == (i != 1)));
+        let downloads = archive.downloads(&asked).unwrap();
+        assert_eq!(downloads.len(), asked.len());
+        assert!(downloads[1].as_ref().err().unwrap().is_not_found());
+        let uploads = archive.uploads(&asked).unwrap();
+        assert!(uploads[1].as_ref().unwrap().is_some());
+        assert!(uploads[0].as_ref().unwrap().is_none());
+
+        // Content that does not match its identifier, or its size, is refused
+        // and nothing is stored.
+        let liar = dir.path().join("liar");
+        std::fs::write(&liar, b"actual").unwrap();
+        let claimed = Marker::new(ObjectId::of_bytes(b"claimed"), 6);
+        assert!(archive.put(&claimed, &liar).is_err());
+        assert!(!archive.contains(&claimed).unwrap());
+        let short = Marker::new(ObjectId::of_bytes(b"actual"), 7);
+        assert!(archive.put(&short, &liar).is_err());
+        assert!(!archive.contains(&short).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_sink_keeps_only_the_range_across_writes() {
+        let mut out = Vec::new();
+        {
+            let mut sink = RangeSink::new(&mut out, 3..8);
+            for chunk in b"0123456789".chunks(2) {
+                sink.write_all(chunk).unwrap();
+            }
+        }
+        assert_eq!(out, b"34567");
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow, bail};
 
 use super::{Context, stdio};
+use crate::cache::Lookup;
 use crate::hashing;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
@@ -13,23 +14,36 @@ use crate::repo::file_holds_marker;
 
 pub fn run(path_or_id: &str) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
-    let (id, size) = match path_or_id.parse::<ObjectId>() {
-        Ok(id) => (id, None),
-        Err(_) => {
-            let m = marker_for_path(&ctx, Path::new(path_or_id))?;
-            (m.id, Some(m.size))
-        }
+    let marker = match path_or_id.parse::<ObjectId>() {
+        Ok(id) if id == ObjectId::empty() => Marker::new(id, 0),
+        Ok(id) => marker_for_id(&ctx, id)?,
+        Err(_) => marker_for_path(&ctx, Path::new(path_or_id))?,
     };
     let (_, mut stdout) = stdio()?;
-    if id == ObjectId::empty() {
+    if marker.size == 0 {
         return Ok(ExitCode::SUCCESS);
     }
-    match ctx.store.get_checked(&id, size)? {
+    let id = marker.id;
+    match ctx.store.get(&marker)? {
         Ok(mut v) => {
             hashing::copy(&mut v.file, &mut stdout).context("cannot write to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(u) => bail!("cannot get object {id}: {u}"),
+    }
+}
+
+/// An identifier with its size: from the cache, else from this repository's
+/// index (an archive needs the size to hand an object out).
+fn marker_for_id(ctx: &Context, id: ObjectId) -> anyhow::Result<Marker> {
+    if let Lookup::Hit { size, .. } = ctx.store.cache.open_verified(&id)? {
+        return Ok(Marker::new(id, size));
+    }
+    match ctx.index.get(&id) {
+        Some(entry) => Ok(Marker::new(id, entry.size)),
+        None => bail!(
+            "object {id} is not in the cache and this repository's index does not know it; name a tracked path instead"
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use super::Context;
+use crate::transfer::NoProgress;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
@@ -11,29 +12,29 @@ pub fn run() -> anyhow::Result<ExitCode> {
     for (path, m) in ctx.repo.head_markers()? {
         wanted.entry(m).or_insert(path);
     }
-    let (mut downloaded, mut failed) = (0usize, 0usize);
-    for (m, path) in &wanted {
-        if m.size == 0 || ctx.store.cache.contains(&m.id) {
-            continue;
-        }
-        match ctx.store.download(&m.id)? {
-            Ok(_) => downloaded += 1,
-            Err(u) => {
-                failed += 1;
-                eprintln!(
-                    "fcache: error: {path}: cannot fetch object {}: {}",
-                    m.id, u.reason
-                );
-            }
-        }
+    let markers: Vec<_> = wanted.keys().copied().collect();
+    let before = markers
+        .iter()
+        .filter(|m| m.size == 0 || ctx.store.cache.contains(&m.id))
+        .count();
+    let unavailable = ctx.store.fetch_many(&markers, &NoProgress)?;
+    for u in &unavailable {
+        let path = wanted
+            .iter()
+            .find_map(|(m, p)| (m.id == u.id).then_some(p.as_str()))
+            .unwrap_or("?");
+        eprintln!("fcache: error: {path}: cannot fetch object {}: {u}", u.id);
     }
+    let fetched = markers.len() - before - unavailable.len();
     eprintln!(
-        "fcache: fetched {downloaded} object(s) from {}; {} already cached",
+        "fcache: fetched {fetched} object(s) from {}; {before} already cached",
         ctx.store.archive.location(),
-        wanted.len() - downloaded - failed
     );
-    if failed > 0 {
-        eprintln!("fcache: error: {failed} object(s) could not be fetched");
+    if !unavailable.is_empty() {
+        eprintln!(
+            "fcache: error: {} object(s) could not be fetched",
+            unavailable.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@ use super::Context;
 use crate::archive::ArchiveError;
 use crate::cache::Lookup;
 use crate::hashing::HashingWriter;
+use crate::marker::Marker;
 
 pub fn run(check_archive: bool) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
@@ -32,13 +33,14 @@ pub fn run(check_archive: bool) -> anyhow::Result<ExitCode> {
             .index
             .entries()
             .into_iter()
-            .map(|e| e.id)
-            .chain(ctx.repo.head_markers()?.into_values().map(|m| m.id))
+            .map(|e| Marker::new(e.id, e.size))
+            .chain(ctx.repo.head_markers()?.into_values())
             .collect();
         let (mut checked, mut bad) = (0usize, 0usize);
-        for id in &known {
+        for m in &known {
+            let id = &m.id;
             let mut sink = HashingWriter::new(io::sink());
-            match ctx.store.archive.get(id, &mut sink) {
+            match ctx.store.archive.get(m, &mut sink) {
                 Ok(_) => {
                     checked += 1;
                     let (actual, _, _) = sink.finish();

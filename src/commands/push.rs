@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 
 use super::Context;
-use crate::store::StoreError;
+use crate::store::{Pushed, StoreError};
+use crate::transfer::NoProgress;
 
 pub fn run(all: bool, remote: Option<String>, url: Option<String>) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
@@ -41,14 +42,13 @@ pub fn run(all: bool, remote: Option<String>, url: Option<String>) -> anyhow::Re
         }
     };
     let markers = ctx.repo.markers_in_commits(&include, &exclude)?;
+    let objects: Vec<_> = markers.keys().copied().collect();
     let (mut sent, mut present, mut failed) = (0usize, 0usize, 0usize);
-    for (m, path) in &markers {
-        if m.size == 0 {
-            continue;
-        }
-        match ctx.store.push(&m.id) {
-            Ok(true) => sent += 1,
-            Ok(false) => present += 1,
+    let results = ctx.store.push_many(&objects, &NoProgress)?;
+    for ((m, path), result) in markers.iter().zip(results) {
+        match result {
+            Ok(Pushed::Sent) => sent += 1,
+            Ok(Pushed::AlreadyThere) => present += usize::from(m.size > 0),
             Err(e @ (StoreError::NotCached { .. } | StoreError::CorruptCached { .. })) => {
                 failed += 1;
                 eprintln!("fcache: error: {path}: {e}");

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::Context;
 use crate::clock::{self, Timestamp};
+use crate::marker::Marker;
 use crate::oid::ObjectId;
 use crate::repo::file_holds_marker;
 
@@ -89,13 +90,26 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let mut archive_error = None;
     for o in objects.values_mut() {
         o.in_cache = o.size == 0 || ctx.store.cache.contains(&o.identifier);
-        if archive_error.is_none() {
-            match ctx.store.archive.contains(&o.identifier) {
-                Ok(b) => o.in_archive = Some(b),
-                Err(e) => archive_error = Some(format!("{:#}", anyhow::Error::from(e))),
+    }
+    // Ask the archive in batches; once it cannot be reached, stop asking.
+    let asked: Vec<Marker> = objects
+        .values()
+        .map(|o| Marker::new(o.identifier, o.size))
+        .collect();
+    for chunk in asked.chunks(ctx.store.archive.batch_size().max(1)) {
+        match ctx.store.archive.contains_many(chunk) {
+            Ok(found) => {
+                for (m, found) in chunk.iter().zip(found) {
+                    let o = objects.get_mut(&m.id).expect("asked about a known object");
+                    o.in_archive = Some(found);
+                    o.missing = !o.in_cache && !found;
+                }
+            }
+            Err(e) => {
+                archive_error = Some(format!("{:#}", anyhow::Error::from(e)));
+                break;
             }
         }
-        o.missing = !o.in_cache && o.in_archive == Some(false);
     }
     let mut not_checked_out = Vec::new();
     if let Some(workdir) = ctx.repo.workdir() {
