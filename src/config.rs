@@ -9,6 +9,7 @@
 //! | —                    | `fcache.index`      | index format: `csv`                               |
 //! | `FCACHE_STRICT`      | `fcache.strict`     | smudge fails instead of leaving a marker          |
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
+//! | `FCACHE_CONCURRENT_TRANSFERS` | `fcache.concurrenttransfers` | transfers to or from the archive at once (default: the archive's own) |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub index_format: index::Format,
     pub strict: bool,
     pub skip_smudge: bool,
+    /// Transfers to or from the archive at once; `None`: the archive's default.
+    pub concurrent_transfers: Option<usize>,
     pub clock: Clock,
 }
 
@@ -118,6 +121,23 @@ impl Config {
             Some(v) => parse_bool("FCACHE_SKIP_SMUDGE", &v)?,
             None => false,
         };
+        let concurrent_transfers = match env("FCACHE_CONCURRENT_TRANSFERS")
+            .map(|v| ("FCACHE_CONCURRENT_TRANSFERS", v))
+            .or(get("fcache.concurrenttransfers")?.map(|v| ("fcache.concurrenttransfers", v)))
+        {
+            Some((key, v)) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: key.to_owned(),
+                        value: v.clone(),
+                        reason: "expected a number from 1 to 256".to_owned(),
+                    })?,
+            ),
+            None => None,
+        };
         let clock = match env("FCACHE_NOW") {
             Some(v) => Clock::Fixed(clock::parse(&v).ok_or_else(|| ConfigError::Invalid {
                 key: "FCACHE_NOW".to_owned(),
@@ -132,6 +152,7 @@ impl Config {
             index_format,
             strict,
             skip_smudge,
+            concurrent_transfers,
             clock,
         })
     }

@@ -255,7 +255,7 @@ impl Store {
                 }
             }
         }
-        let results = transfer::parallel_map(ready, self.archive.parallelism(), |(m, d)| {
+        let results = transfer::parallel_map(ready, self.parallelism(), |(m, d)| {
             let r = self.download_into_cache(&m, d.as_ref(), progress);
             progress.object_done();
             (m, r)
@@ -314,7 +314,7 @@ impl Store {
             }
         }
         progress.start(todo.len() as u64, todo.iter().map(|(_, m, _)| m.size).sum());
-        let sent = transfer::parallel_map(todo, self.archive.parallelism(), |(i, m, upload)| {
+        let sent = transfer::parallel_map(todo, self.parallelism(), |(i, m, upload)| {
             let r = self.send(&m, upload.as_ref());
             progress.bytes(m.size);
             progress.object_done();
@@ -328,6 +328,13 @@ impl Store {
             .into_iter()
             .map(|r| r.expect("every object has a result"))
             .collect())
+    }
+
+    /// How many transfers to run at once: the user's setting, else the archive's.
+    pub fn parallelism(&self) -> usize {
+        self.config
+            .concurrent_transfers
+            .unwrap_or_else(|| self.archive.parallelism())
     }
 
     /// Send one cached object through its upload handle.
