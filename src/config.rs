@@ -10,11 +10,15 @@
 //! | `FCACHE_STRICT`      | `fcache.strict`     | smudge fails instead of leaving a marker          |
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
 //! | `FCACHE_CONCURRENT_TRANSFERS` | `fcache.concurrenttransfers` | transfers to or from the archive at once (default: the archive's own) |
+//! | —                    | `fcache.cachelimit` | total bytes the cache may hold (`500MiB`, `10GB`) |
+//! | —                    | `fcache.cachemaxfiles` | objects the cache may hold                     |
+//! | `FCACHE_LOCK_TIMEOUT` | `fcache.locktimeout` | seconds to wait for the cache lock (default 300) |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 
 use std::path::PathBuf;
 
+pub use crate::cache::Limits;
 use crate::clock::{self, Clock};
 use crate::index;
 
@@ -41,6 +45,10 @@ pub struct Config {
     pub index_format: index::Format,
     pub strict: bool,
     pub skip_smudge: bool,
+    /// Limits on the cache; unset means unlimited.
+    pub limits: Limits,
+    /// How long to wait for the cache lock.
+    pub lock_timeout: std::time::Duration,
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
     pub clock: Clock,
@@ -67,6 +75,38 @@ fn expand_home(value: &str) -> PathBuf {
         (Some(rest), Some(base)) => base.home_dir().join(rest),
         _ => PathBuf::from(value),
     }
+}
+
+/// A byte count with an optional unit: `1048576`, `500MiB`, `10GB`, `2g`.
+/// Decimal units (kB, MB, GB, TB) are powers of 1000, binary ones (KiB, MiB,
+/// GiB, TiB) and single letters (k, m, g, t) powers of 1024, as git does.
+pub fn parse_bytes(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    if let Ok(n) = number.parse::<u64>() {
+        return n.checked_mul(factor);
+    }
+    let n: f64 = number.parse().ok()?;
+    let bytes = n * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 impl Config {
@@ -138,6 +178,41 @@ impl Config {
             ),
             None => None,
         };
+        let limits = Limits {
+            bytes: match get("fcache.cachelimit")? {
+                Some(v) => Some(parse_bytes(&v).ok_or_else(|| ConfigError::Invalid {
+                    key: "fcache.cachelimit".to_owned(),
+                    value: v.clone(),
+                    reason: "expected a size such as 500MiB, 10GB or 1048576".to_owned(),
+                })?),
+                None => None,
+            },
+            files: match get("fcache.cachemaxfiles")? {
+                Some(v) => Some(v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                    key: "fcache.cachemaxfiles".to_owned(),
+                    value: v.clone(),
+                    reason: "expected a number of objects".to_owned(),
+                })?),
+                None => None,
+            },
+        };
+        let lock_timeout = match env("FCACHE_LOCK_TIMEOUT")
+            .map(|v| ("FCACHE_LOCK_TIMEOUT", v))
+            .or(get("fcache.locktimeout")?.map(|v| ("fcache.locktimeout", v)))
+        {
+            Some((key, v)) => std::time::Duration::from_secs_f64(
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: key.to_owned(),
+                        value: v.clone(),
+                        reason: "expected a number of seconds".to_owned(),
+                    })?,
+            ),
+            None => std::time::Duration::from_secs(300),
+        };
         let clock = match env("FCACHE_NOW") {
             Some(v) => Clock::Fixed(clock::parse(&v).ok_or_else(|| ConfigError::Invalid {
                 key: "FCACHE_NOW".to_owned(),
@@ -152,8 +227,35 @@ impl Config {
             index_format,
             strict,
             skip_smudge,
+            limits,
+            lock_timeout,
             concurrent_transfers,
             clock,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("500MiB"), Some(500 << 20));
+        assert_eq!(parse_bytes("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_bytes("2g"), Some(2 << 30));
+        assert_eq!(parse_bytes("1.5 KiB"), Some(1536));
+        assert_eq!(parse_bytes(" 7 b "), Some(7));
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "10 parsecs",
+            "1e3",
+            "99999999999999999999TB",
+        ] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
     }
 }

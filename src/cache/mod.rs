@@ -5,13 +5,27 @@
 //! into place, so a reader sees a whole object or none, whatever other
 //! processes do. Every read is verified against the identifier first; a
 //! corrupt object is moved to `<root>/quarantine` and never handed out.
+//!
+//! An object's modification time is when it was last added or used: that is
+//! the cache's own record for least-recently-used eviction (one timestamp per
+//! object, written atomically by the kernel, shared by every repository).
+//! Eviction itself (which needs the archive) is in `store.rs`; the limits and
+//! the order are in `limits.rs`. Every operation on objects holds
+//! `<root>/lock` shared; gc holds it exclusive.
+
+mod gc;
+mod limits;
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use self::gc::{GcReport, Options as GcOptions, STALE_TEMP, collect as collect_garbage};
+pub use self::limits::{CachedObject, Limits};
+use crate::clock::Clock;
 use crate::hashing::{self, HashingWriter};
+use crate::lock::{self, LockError, Mode};
 use crate::oid::ObjectId;
 
 const SUFFIX: &str = ".cache";
@@ -29,6 +43,12 @@ pub enum CacheError {
         expected: ObjectId,
         actual: ObjectId,
     },
+    #[error("cache {}", root.display())]
+    Lock {
+        root: PathBuf,
+        #[source]
+        source: LockError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -41,6 +61,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    clock: Clock,
+}
+
+/// The cache lock, held while it lives.
+#[must_use = "the lock is released when this is dropped"]
+pub struct CacheLock {
+    _file: File,
 }
 
 /// What a verified lookup found.
@@ -59,7 +86,48 @@ pub enum Lookup {
 
 impl Cache {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            clock: Clock::System,
+        }
+    }
+
+    /// The clock that stamps each object's last use (tests fix it).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn lock_path(&self) -> Result<PathBuf, CacheError> {
+        fs_err::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        Ok(self.root.join("lock"))
+    }
+
+    /// Wait up to `timeout` for the cache lock.
+    pub fn lock(&self, mode: Mode, timeout: Duration) -> Result<CacheLock, CacheError> {
+        let file = lock::acquire(&self.lock_path()?, mode, timeout).map_err(|source| {
+            CacheError::Lock {
+                root: self.root.clone(),
+                source,
+            }
+        })?;
+        Ok(CacheLock { _file: file })
+    }
+
+    /// The exclusive lock if nobody else holds the lock now.
+    pub fn try_lock_exclusive(&self) -> Result<Option<CacheLock>, CacheError> {
+        let file = lock::try_acquire(&self.lock_path()?, Mode::Exclusive).map_err(|source| {
+            CacheError::Lock {
+                root: self.root.clone(),
+                source,
+            }
+        })?;
+        Ok(file.map(|file| CacheLock { _file: file }))
+    }
+
+    /// Where objects are written before they are put in place.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     pub fn root(&self) -> &Path {
@@ -76,7 +144,7 @@ impl Cache {
 
     /// Start writing a new object; its identifier is known only when it is committed.
     pub fn begin_write(&self) -> Result<PendingObject, CacheError> {
-        let tmp_dir = self.root.join("tmp");
+        let tmp_dir = self.tmp_dir();
         fs_err::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
         let file = tempfile::Builder::new()
             .prefix("incoming-")
@@ -88,12 +156,13 @@ impl Cache {
     }
 
     /// Finish a write: check the content against `expected` if given, then put
-    /// the object in place. An object already present is left as it is.
+    /// the object in place, stamped as used now. An object already present is
+    /// left as it is (and stamped). Returns the object, open for reading.
     pub fn commit(
         &self,
         pending: PendingObject,
         expected: Option<&ObjectId>,
-    ) -> Result<(ObjectId, u64), CacheError> {
+    ) -> Result<Committed, CacheError> {
         let (id, size, tmp) = pending.writer.finish();
         if let Some(expected) = expected
             && *expected != id
@@ -104,8 +173,11 @@ impl Cache {
             });
         }
         let dest = self.object_path(&id);
-        if fs_err::metadata(&dest).is_ok_and(|m| m.len() == size) {
-            return Ok((id, size));
+        if let Ok(file) = File::open(&dest)
+            && file.metadata().is_ok_and(|m| m.len() == size)
+        {
+            self.stamp(&file);
+            return Ok(Committed { id, size, file });
         }
         let parent = dest.parent().expect("object paths have a parent");
         fs_err::create_dir_all(parent).map_err(io_err(parent))?;
@@ -118,11 +190,26 @@ impl Cache {
         tmp.as_file()
             .set_permissions(perms)
             .map_err(io_err(tmp.path()))?;
-        tmp.persist(&dest).map_err(|e| CacheError::Io {
+        let mut file = tmp.persist(&dest).map_err(|e| CacheError::Io {
             path: dest.clone(),
             source: e.error,
         })?;
-        Ok((id, size))
+        self.stamp(&file);
+        file.rewind().map_err(io_err(&dest))?;
+        Ok(Committed { id, size, file })
+    }
+
+    /// Record that an object was used now (for least-recently-used eviction).
+    /// An object that is gone meanwhile needs no stamp.
+    pub fn touch(&self, id: &ObjectId) {
+        if let Ok(file) = File::open(self.object_path(id)) {
+            self.stamp(&file);
+        }
+    }
+
+    fn stamp(&self, file: &File) {
+        // Best effort: a stamp that fails only makes the object look older.
+        let _ = file.set_modified(SystemTime::from(self.clock.current_time()));
     }
 
     /// Open an object after checking that its content hashes to its identifier.
@@ -161,8 +248,8 @@ impl Cache {
         }
     }
 
-    /// Every object in the cache with its size on disk.
-    pub fn objects(&self) -> Result<Vec<(ObjectId, u64)>, CacheError> {
+    /// Every object in the cache with its size and last use.
+    pub fn objects(&self) -> Result<Vec<CachedObject>, CacheError> {
         let mut out = Vec::new();
         let objects = self.root.join("objects");
         for level1 in read_dir_or_empty(&objects)? {
@@ -174,13 +261,61 @@ impl Cache {
                     let Some(Ok(id)) = name.strip_suffix(SUFFIX).map(str::parse::<ObjectId>) else {
                         continue;
                     };
-                    let len = fs_err::metadata(&file).map_err(io_err(&file))?.len();
-                    out.push((id, len));
+                    let meta = match fs_err::metadata(&file) {
+                        Ok(m) => m,
+                        // Evicted by another process since the listing.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&file)(e)),
+                    };
+                    out.push(CachedObject {
+                        id,
+                        size: meta.len(),
+                        last_used: meta.modified().unwrap_or(UNIX_EPOCH),
+                    });
                 }
             }
         }
-        out.sort();
+        out.sort_by_key(|o| o.id);
         Ok(out)
+    }
+
+    /// Remove an object (the caller made sure the archive holds it), and the
+    /// fan-out directories it leaves empty.
+    pub fn evict(&self, id: &ObjectId) -> Result<(), CacheError> {
+        let path = self.object_path(id);
+        match fs_err::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        // Another process may be filling the same directory: removing a
+        // directory that is not empty fails harmlessly.
+        let mut dir = path.parent();
+        for _ in 0..2 {
+            match dir {
+                Some(d) if std::fs::remove_dir(d).is_ok() => dir = d.parent(),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete temporary files older than `max_age` (left by killed
+    /// processes). Returns how many went.
+    pub fn sweep_temp(&self, max_age: Duration) -> Result<usize, CacheError> {
+        let now = SystemTime::now();
+        let mut swept = 0;
+        for path in read_dir_or_empty(&self.tmp_dir())? {
+            let old = fs_err::metadata(&path)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > max_age);
+            if old && fs_err::remove_file(&path).is_ok() {
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 }
 
@@ -192,6 +327,14 @@ fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io_err(dir)(e)),
     }
+}
+
+/// An object put in place by `Cache::commit`.
+pub struct Committed {
+    pub id: ObjectId,
+    pub size: u64,
+    /// The object, open for reading from its start.
+    pub file: File,
 }
 
 /// An object being written: bytes go to a temporary file and through SHA-256.
@@ -229,7 +372,7 @@ mod tests {
     fn store(cache: &Cache, bytes: &[u8]) -> ObjectId {
         let mut p = cache.begin_write().unwrap();
         p.write_all(bytes).unwrap();
-        cache.commit(p, None).unwrap().0
+        cache.commit(p, None).unwrap().id
     }
 
     #[test]
@@ -240,14 +383,16 @@ mod tests {
         assert_eq!(id, ObjectId::of_bytes(b"hello"));
         let path = cache.object_path(&id);
         assert!(fs_err::metadata(&path).unwrap().permissions().readonly());
-        let inode_before = fs_err::metadata(&path).unwrap();
-        assert_eq!(store(&cache, b"hello"), id);
-        let inode_after = fs_err::metadata(&path).unwrap();
-        assert_eq!(
-            inode_before.modified().unwrap(),
-            inode_after.modified().unwrap()
-        );
-        assert_eq!(cache.objects().unwrap(), vec![(id, 5)]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // Storing it again does not write it again: the same file stays.
+            let inode_before = fs_err::metadata(&path).unwrap().ino();
+            assert_eq!(store(&cache, b"hello"), id);
+            assert_eq!(fs_err::metadata(&path).unwrap().ino(), inode_before);
+        }
+        let listed = cache.objects().unwrap();
+        assert_eq!((listed.len(), listed[0].id, listed[0].size), (1, id, 5));
         match cache.open_verified(&id).unwrap() {
             Lookup::Hit { mut file, size } => {
                 let mut s = String::new();
@@ -273,6 +418,55 @@ mod tests {
         ));
         assert!(!cache.contains(&expected));
         assert!(cache.objects().unwrap().is_empty());
+    }
+
+    #[test]
+    fn commit_and_touch_stamp_last_use_with_the_clock_and_evict_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |s: &str| Clock::Fixed(crate::clock::parse(s).unwrap());
+        let cache = Cache::new(dir.path()).with_clock(at("2026-01-01T00:00:00Z"));
+        let id = store(&cache, b"stamped");
+        let when = |c: &Cache| c.objects().unwrap()[0].last_used;
+        assert_eq!(
+            when(&cache),
+            SystemTime::from(crate::clock::parse("2026-01-01T00:00:00Z").unwrap())
+        );
+        let later = cache.clone().with_clock(at("2026-02-01T00:00:00Z"));
+        later.touch(&id);
+        assert_eq!(
+            when(&cache),
+            SystemTime::from(crate::clock::parse("2026-02-01T00:00:00Z").unwrap())
+        );
+        cache.evict(&id).unwrap();
+        assert!(cache.objects().unwrap().is_empty());
+        // The emptied fan-out directories went too; evicting again is fine.
+        assert_eq!(
+            fs_err::read_dir(dir.path().join("objects"))
+                .unwrap()
+                .count(),
+            0
+        );
+        cache.evict(&id).unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_only_old_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let pending = cache.begin_write().unwrap();
+        let stale = cache.tmp_dir().join("incoming-stale");
+        fs_err::write(&stale, b"left by a killed process").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(cache.sweep_temp(Duration::from_secs(3600)).unwrap(), 1);
+        assert!(!stale.exists());
+        // The write in progress is still there and can finish.
+        assert!(cache.commit(pending, None).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::oid::ObjectId;
 use crate::repo::file_holds_marker;
 
 pub fn run(path_or_id: &str) -> anyhow::Result<ExitCode> {
-    let ctx = Context::open()?;
+    let mut ctx = Context::open()?;
     let marker = match path_or_id.parse::<ObjectId>() {
         Ok(id) if id == ObjectId::empty() => Marker::new(id, 0),
         Ok(id) => marker_for_id(&ctx, id)?,
@@ -27,6 +27,7 @@ pub fn run(path_or_id: &str) -> anyhow::Result<ExitCode> {
     match ctx.store.get(&marker)? {
         Ok(mut v) => {
             hashing::copy(&mut v.file, &mut stdout).context("cannot write to stdout")?;
+            ctx.finish()?;
             Ok(ExitCode::SUCCESS)
         }
         Err(u) => bail!("cannot get object {id}: {u}"),

@@ -44,7 +44,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         replace(&file, &m, content, mode)?;
         restored.push(path);
     }
-    ctx.save_index()?;
+    ctx.finish()?;
     update_git_index(&workdir, &restored)?;
     eprintln!("fcache: checked out {} file(s)", restored.len());
     if missing > 0 {

@@ -12,6 +12,6 @@ pub fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let now = ctx.store.config.clock.current_time();
     filter::clean(&ctx.store, ctx.index.as_mut(), now, &mut stdin, &mut stdout)
         .with_context(|| format!("clean {}", shown(&path)))?;
-    ctx.save_index()?;
+    ctx.finish()?;
     Ok(ExitCode::SUCCESS)
 }

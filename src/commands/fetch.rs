@@ -7,7 +7,7 @@ use super::Context;
 use crate::transfer::NoProgress;
 
 pub fn run() -> anyhow::Result<ExitCode> {
-    let ctx = Context::open()?;
+    let mut ctx = Context::open()?;
     let mut wanted = BTreeMap::new();
     for (path, m) in ctx.repo.head_markers()? {
         wanted.entry(m).or_insert(path);
@@ -17,7 +17,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|m| m.size == 0 || ctx.store.cache.contains(&m.id))
         .count();
+    let limits = ctx.store.config.limits;
+    let too_large = markers
+        .iter()
+        .filter(|m| !limits.fits(m.size) && !ctx.store.cache.contains(&m.id))
+        .count();
     let unavailable = ctx.store.fetch_many(&markers, &NoProgress)?;
+    ctx.finish()?;
     for u in &unavailable {
         let path = wanted
             .iter()
@@ -25,11 +31,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .unwrap_or("?");
         eprintln!("fcache: error: {path}: cannot fetch object {}: {u}", u.id);
     }
-    let fetched = markers.len() - before - unavailable.len();
+    let fetched = markers.len() - before - too_large - unavailable.len();
     eprintln!(
         "fcache: fetched {fetched} object(s) from {}; {before} already cached",
         ctx.store.archive.location(),
     );
+    if too_large > 0 {
+        eprintln!(
+            "fcache: {too_large} object(s) larger than the whole cache limit stay in the archive; checkouts stream them from there"
+        );
+    }
     if !unavailable.is_empty() {
         eprintln!(
             "fcache: error: {} object(s) could not be fetched",

@@ -14,7 +14,7 @@ pub fn run(check_archive: bool) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
     let objects = ctx.store.cache.objects()?;
     let mut corrupt = 0usize;
-    for (id, _) in &objects {
+    for id in objects.iter().map(|o| &o.id) {
         if let Lookup::Corrupt { quarantined } = ctx.store.cache.open_verified(id)? {
             corrupt += 1;
             eprintln!(

@@ -5,6 +5,7 @@ mod checkout;
 mod clean;
 mod fetch;
 mod fsck;
+mod gc;
 mod install;
 mod push;
 mod smudge;
@@ -85,6 +86,13 @@ enum Command {
     Checkout,
     /// `fetch`, then `checkout`.
     Pull,
+    /// Evict least recently used objects until the cache is within its limits
+    /// (objects the archive does not hold are sent there first, never lost).
+    Gc {
+        /// List what would be evicted, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Re-hash cached objects; report and quarantine corrupt ones.
     Fsck {
         /// Also re-hash the archive's copies of the objects this repository knows.
@@ -115,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fetched
             })
         }
+        Command::Gc { dry_run } => gc::run(dry_run),
         Command::Fsck { archive } => fsck::run(archive),
     }
 }
@@ -135,8 +144,15 @@ impl Context {
         Ok(Self { repo, store, index })
     }
 
-    fn save_index(&mut self) -> anyhow::Result<()> {
+    /// The end of every command that used objects: save the index, keep the
+    /// cache within its limits, and tell the user what they should know.
+    fn finish(&mut self) -> anyhow::Result<()> {
         self.index.save()?;
+        let enforced = self.store.finish();
+        for notice in self.store.take_notices() {
+            eprintln!("fcache: warning: {notice}");
+        }
+        enforced?;
         Ok(())
     }
 }

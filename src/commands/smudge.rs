@@ -15,7 +15,7 @@ pub fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     if let Smudged::Missing(_, unavailable) = &outcome {
         eprintln!("{}", missing_warning(&shown(&path), unavailable));
     }
-    ctx.save_index()?;
+    ctx.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,6 +44,50 @@ struct CacheUsage {
     dir: String,
     objects: usize,
     bytes: u64,
+    /// `fcache.cachelimit`, if set.
+    limit_bytes: Option<u64>,
+    /// `fcache.cachemaxfiles`, if set.
+    limit_files: Option<u64>,
+    over_limit: bool,
+    /// Why the cache is over its limits, when it is.
+    over_limit_reason: Option<String>,
+}
+
+/// The cache's usage against its limits, and if it is over them, why.
+fn cache_usage(ctx: &Context) -> anyhow::Result<CacheUsage> {
+    let cached = ctx.store.cache.objects()?;
+    let bytes = cached.iter().map(|o| o.size).sum();
+    let limits = ctx.store.config.limits;
+    let over_limit = !limits.within(cached.len() as u64, bytes);
+    let over_limit_reason = if over_limit {
+        // What a gc would do now says why the cache is where it is.
+        let plan = ctx.store.collect(true, false)?;
+        Some(if let Some((_, why)) = plan.kept.first() {
+            format!(
+                "{} object(s) that should go cannot be evicted because the archive cannot confirm it holds them ({why})",
+                plan.kept.len()
+            )
+        } else if !plan.archived.is_empty() {
+            format!(
+                "{} object(s) that should go are not in the archive yet; `fcache gc` sends them there, then evicts them",
+                plan.archived.len()
+            )
+        } else {
+            "the last command could not take the cache lock to evict; `fcache gc` does it now"
+                .to_owned()
+        })
+    } else {
+        None
+    };
+    Ok(CacheUsage {
+        dir: ctx.store.cache.root().display().to_string(),
+        objects: cached.len(),
+        bytes,
+        limit_bytes: limits.bytes,
+        limit_files: limits.files,
+        over_limit,
+        over_limit_reason,
+    })
 }
 
 fn opt_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
@@ -119,15 +163,10 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let cached = ctx.store.cache.objects()?;
     let report = Report {
         objects: objects.into_values().collect(),
         not_checked_out,
-        cache: CacheUsage {
-            dir: ctx.store.cache.root().display().to_string(),
-            objects: cached.len(),
-            bytes: cached.iter().map(|(_, len)| len).sum(),
-        },
+        cache: cache_usage(&ctx)?,
         archive: ctx.store.archive.location().to_owned(),
         archive_error,
         pre_push_hook: fs_err::read_to_string(ctx.repo.hooks_dir()?.join("pre-push"))
@@ -190,10 +229,27 @@ fn print_text(r: &Report) {
             println!("    {p}");
         }
     }
+    let c = &r.cache;
+    let limit = |l: Option<u64>, unit: &str| match l {
+        Some(l) => format!(" of {l}{unit}"),
+        None => String::new(),
+    };
     println!(
-        "\nCache {}: {} objects, {} bytes (no limits set)",
-        r.cache.dir, r.cache.objects, r.cache.bytes
+        "\nCache {}: {} object(s){}, {} bytes{}{}",
+        c.dir,
+        c.objects,
+        limit(c.limit_files, ""),
+        c.bytes,
+        limit(c.limit_bytes, ""),
+        if c.limit_files.is_none() && c.limit_bytes.is_none() {
+            " (no limits set)"
+        } else {
+            ""
+        }
     );
+    if let Some(why) = &c.over_limit_reason {
+        println!("The cache is over its limit: {why}");
+    }
     match &r.archive_error {
         Some(e) => println!("Archive {}: cannot be reached: {e}", r.archive),
         None => println!("Archive {}", r.archive),
