@@ -4,5 +4,6 @@
 mod common;
 mod concurrency;
 mod core;
+mod limits;
 mod memory;
 mod smudge;
