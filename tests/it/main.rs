@@ -4,5 +4,6 @@
 mod common;
 mod concurrency;
 mod core;
+mod index_formats;
 mod memory;
 mod smudge;
