@@ -399,6 +399,8 @@ pub(crate) mod conformance {
         let mut expected = written.clone();
         expected.sort_by_key(|e| e.id);
         assert_eq!(index.entries().unwrap(), expected);
+        // Adding writes nothing: a process saves its additions once.
+        assert!(open(dir.path()).entries().unwrap().is_empty());
         index.save().unwrap();
         assert_eq!(index.entries().unwrap(), expected);
         let reopened = open(dir.path());

@@ -293,6 +293,39 @@ fn killed_mid_save_leaves_the_old_state_sqlite() {
     killed_mid_save_leaves_the_old_state("sqlite");
 }
 
+#[test]
+fn a_switch_killed_mid_carry_over_loses_nothing() {
+    for (from, to) in [("csv", "sqlite"), ("sqlite", "json")] {
+        let env = TestEnv::new();
+        let alice = env.user("alice");
+        let (repo, _) = repo_with_history(&env, &alice, from);
+        let before = indexed(&alice, &repo);
+        let old_bytes = fs::read(index_file(&repo, from)).unwrap();
+
+        alice.git(&repo, ["config", "fcache.index", to]);
+        let signal = env.path().join("paused");
+        let mut child = alice
+            .command("fcache", &repo)
+            .args(["status"])
+            .env("FCACHE_TEST_PAUSE_IN_SAVE", &signal)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&signal);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The old file is untouched; the new one is absent or not yet committed.
+        assert_eq!(
+            fs::read(index_file(&repo, from)).unwrap(),
+            old_bytes,
+            "{from} -> {to}"
+        );
+
+        assert_eq!(indexed(&alice, &repo), before, "{from} -> {to}");
+        only_file_is(&repo, to);
+    }
+}
+
 /// Damage the index as a bad hand edit or a broken disk would; returns what
 /// the error must say about where.
 fn corrupt(file: &Path, format: &str) -> &'static str {
