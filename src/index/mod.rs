@@ -187,10 +187,12 @@ fn open_only(dir: &Path, format: Format) -> Result<Box<dyn Index>, IndexError> {
     })
 }
 
-/// Holds off every writer of one format's file while it is carried over or set aside.
+/// Holds off every writer of one format's file while it is carried over or
+/// set aside; the lock is released when this is dropped (never read).
+#[allow(dead_code)]
 enum WriterLock {
-    File(#[allow(dead_code)] std::fs::File),
-    Sqlite(#[allow(dead_code)] sqlite::WriteLock),
+    File(std::fs::File),
+    Sqlite(sqlite::WriteLock),
     /// The file is too damaged to lock (only when setting it aside).
     None,
 }
@@ -242,7 +244,10 @@ pub fn carry_over(dir: &Path, format: Format) -> Result<Vec<PathBuf>, IndexError
     })?;
     let mut target = open_only(dir, format)?;
     let mut sources = Vec::new();
-    for f in Format::ALL.into_iter().filter(|&f| f != format) {
+    for f in Format::ALL
+        .into_iter()
+        .filter(|&f| f != format && exists(f))
+    {
         let lock = lock_writers(dir, f)?;
         // Checked under the lock: another process may just have carried it over.
         if !exists(f) {

@@ -251,6 +251,7 @@ impl SqliteIndex {
                 upsert
                     .execute(rusqlite::params![
                         e.id.to_hex(),
+                        // SQLite integers are i64; no file reaches 8 EiB.
                         i64::try_from(e.size).unwrap_or(i64::MAX),
                         clock::format(&e.added),
                         clock::format(&e.last_used),
