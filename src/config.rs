@@ -6,7 +6,7 @@
 //! |----------------------|---------------------|---------------------------------------------------|
 //! | `FCACHE_CACHE_DIR`   | `fcache.cachedir`   | the shared cache (default: platform cache dir)    |
 //! | `FCACHE_ARCHIVE`     | `fcache.archive`    | the archive location (default: platform data dir) |
-//! | —                    | `fcache.index`      | index format: `csv`                               |
+//! | —                    | `fcache.index`      | index format: `csv`, `json` or `sqlite`           |
 //! | `FCACHE_STRICT`      | `fcache.strict`     | smudge fails instead of leaving a marker          |
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
 //! | `FCACHE_CONCURRENT_TRANSFERS` | `fcache.concurrenttransfers` | transfers to or from the archive at once (default: the archive's own) |
@@ -15,6 +15,7 @@
 //! | `FCACHE_LOCK_TIMEOUT` | `fcache.locktimeout` | seconds to wait for the cache lock (default 300) |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
+//! | `FCACHE_TEST_PAUSE_IN_SAVE` | —            | tests only: an index save half done creates this file and sleeps, to be killed there |
 
 use std::path::PathBuf;
 
@@ -52,6 +53,11 @@ pub struct Config {
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
     pub clock: Clock,
+}
+
+/// `FCACHE_TEST_PAUSE_IN_SAVE`: read where the index saves, which has no `Config`.
+pub fn test_pause_in_save() -> Option<PathBuf> {
+    env("FCACHE_TEST_PAUSE_IN_SAVE").map(PathBuf::from)
 }
 
 fn env(name: &str) -> Option<String> {

@@ -199,6 +199,18 @@ impl Cache {
         Ok(Committed { id, size, file })
     }
 
+    /// When an object arrived in the cache (its file's creation time, where
+    /// the file system keeps one) and when it was last used.
+    pub fn times(
+        &self,
+        id: &ObjectId,
+    ) -> Option<(crate::clock::Timestamp, crate::clock::Timestamp)> {
+        let meta = fs_err::metadata(self.object_path(id)).ok()?;
+        let used = meta.modified().ok()?;
+        let added = meta.created().unwrap_or(used).min(used);
+        Some((added.into(), used.into()))
+    }
+
     /// Record that an object was used now (for least-recently-used eviction).
     /// An object that is gone meanwhile needs no stamp.
     pub fn touch(&self, id: &ObjectId) {

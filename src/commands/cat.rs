@@ -40,7 +40,7 @@ fn marker_for_id(ctx: &Context, id: ObjectId) -> anyhow::Result<Marker> {
     if let Lookup::Hit { size, .. } = ctx.store.cache.open_verified(&id)? {
         return Ok(Marker::new(id, size));
     }
-    match ctx.index.get(&id) {
+    match ctx.index.get(&id)? {
         Some(entry) => Ok(Marker::new(id, entry.size)),
         None => bail!(
             "object {id} is not in the cache and this repository's index does not know it; name a tracked path instead"

@@ -31,7 +31,7 @@ pub fn run(check_archive: bool) -> anyhow::Result<ExitCode> {
     if check_archive {
         let known: BTreeSet<_> = ctx
             .index
-            .entries()
+            .entries()?
             .into_iter()
             .map(|e| Marker::new(e.id, e.size))
             .chain(ctx.repo.head_markers()?.into_values())

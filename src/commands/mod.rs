@@ -6,6 +6,7 @@ mod clean;
 mod fetch;
 mod fsck;
 mod gc;
+mod index;
 mod install;
 mod push;
 mod smudge;
@@ -21,7 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::index::{self, Index};
+use crate::index::Index;
 use crate::repo::Repo;
 use crate::store::Store;
 
@@ -99,6 +100,23 @@ enum Command {
         #[arg(long)]
         archive: bool,
     },
+    /// The repository's index: convert it to another format, or rebuild it.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IndexCommand {
+    /// Move every entry into FORMAT's file and set fcache.index = FORMAT in this repository.
+    Convert {
+        /// csv, json or sqlite.
+        #[arg(long, value_name = "FORMAT")]
+        to: crate::index::Format,
+    },
+    /// Recover the index from every commit's markers, git's index and the cache; an unreadable index file is set aside, not deleted.
+    Rebuild,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -125,6 +143,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Gc { dry_run } => gc::run(dry_run),
         Command::Fsck { archive } => fsck::run(archive),
+        Command::Index {
+            command: IndexCommand::Convert { to },
+        } => index::convert(to),
+        Command::Index {
+            command: IndexCommand::Rebuild,
+        } => index::rebuild(),
     }
 }
 
@@ -139,7 +163,7 @@ impl Context {
     fn open() -> anyhow::Result<Self> {
         let repo = Repo::discover()?;
         let config = Config::load(Some(&repo.config()?))?;
-        let index = index::open(&repo.fcache_dir(), config.index_format)?;
+        let index = crate::index::open(&repo.fcache_dir(), config.index_format)?;
         let store = Store::open(config)?;
         Ok(Self { repo, store, index })
     }

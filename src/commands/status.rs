@@ -100,7 +100,7 @@ fn opt_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
     let mut objects: BTreeMap<ObjectId, Object> = BTreeMap::new();
-    for e in ctx.index.entries() {
+    for e in ctx.index.entries()? {
         objects.insert(
             e.id,
             Object {

@@ -4,6 +4,7 @@
 mod common;
 mod concurrency;
 mod core;
+mod index_formats;
 mod limits;
 mod memory;
 mod smudge;
