@@ -79,18 +79,21 @@ pub fn acquire(path: &Path, mode: Mode, timeout: Duration) -> Result<File, LockE
     }
 }
 
-/// Take an exclusive lock, waiting as long as it takes (for short critical
-/// sections such as an index save).
+/// How long short critical sections (an index save) wait for each other.
+pub const SHORT_WAIT: Duration = Duration::from_secs(300);
+
+/// Take an exclusive lock for a short critical section such as an index
+/// save, waiting up to `SHORT_WAIT`; the error names the lock file.
 pub fn exclusive(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("lock file {}: {e}", path.display())))?;
-    file.lock()
-        .map_err(|e| io::Error::new(e.kind(), format!("lock file {}: {e}", path.display())))?;
-    Ok(file)
+    acquire(path, Mode::Exclusive, SHORT_WAIT).map_err(|e| match e {
+        LockError::Io { source, .. } => io::Error::new(
+            source.kind(),
+            format!("lock file {}: {source}", path.display()),
+        ),
+        timeout @ LockError::Timeout { .. } => {
+            io::Error::new(io::ErrorKind::TimedOut, timeout.to_string())
+        }
+    })
 }
 
 #[cfg(test)]
