@@ -90,7 +90,7 @@ pub enum Pushed {
 
 impl Store {
     pub fn open(config: Config) -> Result<Self, StoreError> {
-        let archive = archive::open(&config.archive)?;
+        let archive = archive::open(&config.archive, &config)?;
         Ok(Self {
             cache: Cache::new(&config.cache_dir),
             archive,

@@ -5,4 +5,5 @@ mod common;
 mod concurrency;
 mod core;
 mod memory;
+mod s3;
 mod smudge;
