@@ -62,6 +62,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// S3's limit on the parts of one upload; past `PART_SIZE * MAX_PARTS`
 /// (78 GiB) parts grow.
 const MAX_PARTS: u64 = 10_000;
+/// How often one download picks up again after its body broke off.
+const RESUMES: u32 = 5;
 /// Requests about objects (HEAD) in flight at once during a batch call.
 const LOOKUPS_IN_FLIGHT: usize = 16;
 
@@ -433,35 +435,51 @@ impl Download for S3Download {
             return Ok(0); // S3 has no empty range; there is nothing to send.
         }
         let c = &self.client;
+        let doing = || format!("cannot download object {}", self.id);
         c.runtime.block_on(async {
-            let options = GetOptions {
-                range: Some(GetRange::Bounded(range.clone())),
-                ..Default::default()
-            };
-            let got = match c.store.get_opts(&self.key, options).await {
-                Ok(got) => got,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(ArchiveError::NotFound {
-                        archive: c.location.clone(),
-                        id: self.id,
-                    });
-                }
-                Err(e) => return Err(c.error(&format!("cannot download object {}", self.id), e)),
-            };
-            let mut body = got.into_stream();
             let mut total = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk
-                    .map_err(|e| c.error(&format!("cannot download object {}", self.id), e))?;
-                sink.write_all(&chunk)
-                    .map_err(|source| ArchiveError::Sink {
-                        archive: c.location.clone(),
-                        id: self.id,
-                        source,
-                    })?;
-                total += chunk.len() as u64;
+            let mut resumed = 0;
+            loop {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range.start + total..range.end)),
+                    ..Default::default()
+                };
+                let mut body = match c.store.get_opts(&self.key, options).await {
+                    Ok(got) => got.into_stream(),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(ArchiveError::NotFound {
+                            archive: c.location.clone(),
+                            id: self.id,
+                        });
+                    }
+                    // object_store has retried the request already.
+                    Err(e) => return Err(c.error(&doing(), e)),
+                };
+                let broken = loop {
+                    match body.next().await {
+                        None => return Ok(total),
+                        Some(Ok(chunk)) => {
+                            sink.write_all(&chunk)
+                                .map_err(|source| ArchiveError::Sink {
+                                    archive: c.location.clone(),
+                                    id: self.id,
+                                    source,
+                                })?;
+                            total += chunk.len() as u64;
+                        }
+                        Some(Err(e)) => break e,
+                    }
+                };
+                // The body broke off and object_store's own resumption (bound
+                // by its retry timeout) gave up. A key names its content, so
+                // the rest can always be asked for again: the sink sees each
+                // byte once, however long the object takes.
+                resumed += 1;
+                if resumed > RESUMES {
+                    return Err(c.error(&doing(), broken));
+                }
+                tokio::time::sleep(Duration::from_millis(250 << resumed)).await;
             }
-            Ok(total)
         })
     }
 }
@@ -739,6 +757,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_multipart_upload_of_wrong_content_is_aborted_and_stores_nothing() {
+        let Some((location, settings)) = engine("multipart_wrong_content") else {
+            return;
+        };
+        let archive = S3Archive::new(&location, &settings).unwrap();
+        let archive: &dyn Archive = &archive;
+        let dir = tempfile::tempdir().unwrap();
+        let len = PART_SIZE * 2 + 3;
+        let claimed: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+        let mut actual = claimed.clone();
+        actual[len - 1] ^= 1; // wrong in the very last part
+        let src = dir.path().join("liar");
+        std::fs::write(&src, &actual).unwrap();
+        let m = marker_of(&claimed);
+        let err = archive.put(&m, &src).unwrap_err();
+        assert!(matches!(err, ArchiveError::WrongContent { .. }), "{err}");
+        assert!(!archive.contains(&m).unwrap());
+    }
+
+    #[test]
     fn wrong_keys_and_missing_buckets_get_one_clear_line() {
         let Some((location, settings)) = engine("wrong_keys") else {
             return;
@@ -792,6 +830,70 @@ pub(crate) mod tests {
             }
         });
         (url, count)
+    }
+
+    /// A loopback stand-in for S3 serving one object whose GET bodies break
+    /// off after `cut` bytes for the first `breaks` GETs; each response has
+    /// a new ETag so object_store cannot resume by itself. Counts GETs.
+    fn flaky_server(data: Vec<u8>, cut: usize, breaks: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let gets = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&gets);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    request.push(byte[0]);
+                }
+                let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let (from, to) = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .and_then(|r| r.trim().split_once('-'))
+                    .map(|(a, b)| (a.parse().unwrap(), b.parse::<usize>().unwrap() + 1))
+                    .unwrap_or((0, data.len()));
+                let n = if request.starts_with("get") {
+                    seen.fetch_add(1, Ordering::SeqCst)
+                } else {
+                    0
+                };
+                let head = format!(
+                    "HTTP/1.1 {}\r\ncontent-length: {}\r\ncontent-range: bytes {from}-{}/{}\r\netag: \"v{n}\"\r\nlast-modified: Mon, 02 Jan 2006 15:04:05 GMT\r\nconnection: close\r\n\r\n",
+                    if request.starts_with("get") {
+                        "206 Partial Content"
+                    } else {
+                        "200 OK"
+                    },
+                    to - from,
+                    to - 1,
+                    data.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                if request.starts_with("get") {
+                    let end = if n < breaks { (from + cut).min(to) } else { to };
+                    let _ = stream.write_all(&data[from..end]);
+                }
+            }
+        });
+        (url, gets)
+    }
+
+    #[test]
+    fn a_download_that_breaks_off_resumes_where_it_stopped() {
+        let data: Vec<u8> = (0..3_000_000).map(|i| (i % 251) as u8).collect();
+        let (url, gets) = flaky_server(data.clone(), 1_000_000, 2);
+        let keys = [("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let archive = S3Archive::new("s3://bucket", &settings(Some(&url), &keys)).unwrap();
+        let mut out = Vec::new();
+        let read = (&archive as &dyn Archive)
+            .get(&marker_of(&data), &mut out)
+            .unwrap();
+        assert_eq!(read, data.len() as u64);
+        assert!(out == data, "each byte once, in order");
+        assert!(gets.load(Ordering::SeqCst) >= 3, "it broke off twice");
     }
 
     #[test]

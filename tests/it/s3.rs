@@ -136,9 +136,12 @@ fn hash_file(path: &Path) -> String {
     fcache::hashing::hash_reader(&mut f).unwrap().0.to_string()
 }
 
+/// The peak memory an fcache command reported for itself: the last report,
+/// since filters that git runs for it report first.
 fn peak_kib(stderr: &str) -> i64 {
     stderr
         .lines()
+        .rev()
         .find_map(|l| l.strip_prefix("fcache: peak memory "))
         .and_then(|l| l.strip_suffix(" KiB"))
         .and_then(|n| n.parse().ok())
