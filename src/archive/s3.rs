@@ -13,8 +13,9 @@
 //! then the EC2 instance metadata service).
 //!
 //! Transfers stream with flat memory. A download writes the GET body into the
-//! sink chunk by chunk (object_store resumes a broken body with a ranged
-//! request, checked against the ETag). An upload hashes the file as it reads
+//! sink chunk by chunk; a body that breaks off is asked for again from where
+//! it stopped (object_store does so within its retry timeout, this module
+//! after it). Requests that fail are retried with backoff. An upload hashes the file as it reads
 //! it: objects up to one part go in one PUT only once their hash is checked,
 //! with `If-None-Match: *` (create-if-absent); larger ones go as a multipart
 //! upload of `PART_SIZE` parts, at most `PARTS_IN_FLIGHT` at once, completed
