@@ -13,10 +13,14 @@
 //! | —                    | `fcache.cachelimit` | total bytes the cache may hold (`500MiB`, `10GB`) |
 //! | —                    | `fcache.cachemaxfiles` | objects the cache may hold                     |
 //! | `FCACHE_LOCK_TIMEOUT` | `fcache.locktimeout` | seconds to wait for the cache lock (default 300) |
+//! | `FCACHE_S3_ENDPOINT` | `fcache.s3.endpoint` | S3 archives: the service URL (default: `AWS_ENDPOINT_URL`, else AWS) |
+//! | `FCACHE_S3_REGION`   | `fcache.s3.region`  | S3 archives: the region (default: `AWS_REGION`, else `us-east-1`) |
+//! | `AWS_*`              | —                   | S3 archives: credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and the other standard variables |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 //! | `FCACHE_TEST_PAUSE_IN_SAVE` | —            | tests only: an index save half done creates this file and sleeps, to be killed there |
 
+use std::fmt;
 use std::path::PathBuf;
 
 pub use crate::cache::Limits;
@@ -52,12 +56,50 @@ pub struct Config {
     pub lock_timeout: std::time::Duration,
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
+    pub s3: S3Settings,
     pub clock: Clock,
 }
 
 /// `FCACHE_TEST_PAUSE_IN_SAVE`: read where the index saves, which has no `Config`.
 pub fn test_pause_in_save() -> Option<PathBuf> {
     env("FCACHE_TEST_PAUSE_IN_SAVE").map(PathBuf::from)
+}
+
+/// What an `s3://` archive needs besides its bucket and prefix.
+#[derive(Clone, Default)]
+pub struct S3Settings {
+    /// `fcache.s3.endpoint`: the service URL; `None` leaves it to `AWS_*`, then AWS.
+    pub endpoint: Option<String>,
+    /// `fcache.s3.region`; `None` leaves it to `AWS_*`, then `us-east-1`.
+    pub region: Option<String>,
+    /// Every non-empty `AWS_*` variable of the environment: credentials and
+    /// the standard settings object_store understands. Held here rather than
+    /// read where used so that tests and `fcache serve` can hand them in.
+    pub aws_env: Vec<(String, String)>,
+}
+
+impl S3Settings {
+    /// The value of one `AWS_*` variable, if set.
+    pub fn aws(&self, name: &str) -> Option<&str> {
+        self.aws_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+// Secrets live in `aws_env`: show which variables are set, never their values.
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field(
+                "aws_env",
+                &self.aws_env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -219,6 +261,15 @@ impl Config {
             ),
             None => std::time::Duration::from_secs(300),
         };
+        let s3 = S3Settings {
+            endpoint: env("FCACHE_S3_ENDPOINT").or(get("fcache.s3.endpoint")?),
+            region: env("FCACHE_S3_REGION").or(get("fcache.s3.region")?),
+            // vars_os: one variable that is not UTF-8 must not stop fcache.
+            aws_env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, v)| k.starts_with("AWS_") && !v.is_empty())
+                .collect(),
+        };
         let clock = match env("FCACHE_NOW") {
             Some(v) => Clock::Fixed(clock::parse(&v).ok_or_else(|| ConfigError::Invalid {
                 key: "FCACHE_NOW".to_owned(),
@@ -236,6 +287,7 @@ impl Config {
             limits,
             lock_timeout,
             concurrent_transfers,
+            s3,
             clock,
         })
     }

@@ -122,7 +122,7 @@ pub enum Pushed {
 
 impl Store {
     pub fn open(config: Config) -> Result<Self, StoreError> {
-        let archive = archive::open(&config.archive)?;
+        let archive = archive::open(&config.archive, &config)?;
         Ok(Self {
             cache: Cache::new(&config.cache_dir).with_clock(config.clock.clone()),
             archive,

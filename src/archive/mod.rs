@@ -13,6 +13,7 @@
 //! The one-object forms (`contains`, `get`, `put`) are sugar on `dyn Archive`.
 
 mod dir;
+mod s3;
 
 use std::io::{self, Write};
 use std::ops::Range;
@@ -20,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::dir::DirArchive;
+pub use self::s3::S3Archive;
+use crate::config::Config;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
 
@@ -61,8 +64,12 @@ pub enum ArchiveError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    #[error("unsupported archive location {0:?}: use a directory path or file:// URL")]
+    #[error(
+        "unsupported archive location {0:?}: use a directory path, a file:// URL or s3://bucket[/prefix]"
+    )]
     Unsupported(String),
+    #[error("invalid archive location {location:?}: {reason}")]
+    BadLocation { location: String, reason: String },
 }
 
 impl ArchiveError {
@@ -145,8 +152,13 @@ fn one<T>(batch: Batch<T>) -> Result<T, ArchiveError> {
         .expect("a batch answers every object asked for")
 }
 
-/// Open the archive named by `location`: a directory path or a `file://` URL.
-pub fn open(location: &str) -> Result<Arc<dyn Archive>, ArchiveError> {
+/// Open the archive named by `location`: a directory path, a `file://` URL or
+/// `s3://bucket[/prefix]` (its endpoint, region and credentials from
+/// `config`). The one place a location becomes an archive.
+pub fn open(location: &str, config: &Config) -> Result<Arc<dyn Archive>, ArchiveError> {
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(S3Archive::new(location, &config.s3)?));
+    }
     if let Some(path) = location.strip_prefix("file://") {
         return Ok(Arc::new(DirArchive::new(location, PathBuf::from(path))));
     }

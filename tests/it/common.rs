@@ -129,7 +129,11 @@ impl User {
         .unwrap();
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
-            if k.starts_with("GIT_") || k.starts_with("FCACHE_") || k.starts_with("XDG_") {
+            if k.starts_with("GIT_")
+                || k.starts_with("FCACHE_")
+                || k.starts_with("XDG_")
+                || k.starts_with("AWS_")
+            {
                 cmd.env_remove(&key);
             }
         }

@@ -7,4 +7,5 @@ mod core;
 mod index_formats;
 mod limits;
 mod memory;
+mod s3;
 mod smudge;
