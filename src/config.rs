@@ -10,6 +10,8 @@
 //! | `FCACHE_STRICT`      | `fcache.strict`     | smudge fails instead of leaving a marker          |
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
 //! | `FCACHE_CONCURRENT_TRANSFERS` | `fcache.concurrenttransfers` | transfers to or from the archive at once (default: the archive's own) |
+//! | `FCACHE_HTTP_TOKEN`  | `fcache.http.token` | bearer token for an http(s) archive (else user:password in the URL, else git's credential helper on 401) |
+//! | `FCACHE_NO_PROGRESS` | —                   | no progress bars, even on a terminal              |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 
@@ -43,6 +45,10 @@ pub struct Config {
     pub skip_smudge: bool,
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
+    /// Bearer token for an http(s) archive.
+    pub http_token: Option<String>,
+    /// Never draw progress bars.
+    pub no_progress: bool,
     pub clock: Clock,
 }
 
@@ -138,6 +144,11 @@ impl Config {
             ),
             None => None,
         };
+        let http_token = env("FCACHE_HTTP_TOKEN").or(get("fcache.http.token")?);
+        let no_progress = match env("FCACHE_NO_PROGRESS") {
+            Some(v) => parse_bool("FCACHE_NO_PROGRESS", &v)?,
+            None => false,
+        };
         let clock = match env("FCACHE_NOW") {
             Some(v) => Clock::Fixed(clock::parse(&v).ok_or_else(|| ConfigError::Invalid {
                 key: "FCACHE_NOW".to_owned(),
@@ -153,6 +164,8 @@ impl Config {
             strict,
             skip_smudge,
             concurrent_transfers,
+            http_token,
+            no_progress,
             clock,
         })
     }

@@ -90,7 +90,13 @@ pub enum Pushed {
 
 impl Store {
     pub fn open(config: Config) -> Result<Self, StoreError> {
-        let archive = archive::open(&config.archive)?;
+        let archive = archive::open_with(
+            &config.archive,
+            &archive::HttpOptions {
+                token: config.http_token.clone(),
+                ..Default::default()
+            },
+        )?;
         Ok(Self {
             cache: Cache::new(&config.cache_dir),
             archive,

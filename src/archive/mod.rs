@@ -13,6 +13,7 @@
 //! The one-object forms (`contains`, `get`, `put`) are sugar on `dyn Archive`.
 
 mod dir;
+mod http;
 
 use std::io::{self, Write};
 use std::ops::Range;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::dir::DirArchive;
+pub use self::http::{HttpArchive, HttpOptions};
 use crate::marker::Marker;
 use crate::oid::ObjectId;
 
@@ -61,7 +63,9 @@ pub enum ArchiveError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    #[error("unsupported archive location {0:?}: use a directory path or file:// URL")]
+    #[error(
+        "unsupported archive location {0:?}: use a directory path, a file:// URL or an http(s):// Git LFS endpoint"
+    )]
     Unsupported(String),
 }
 
@@ -145,8 +149,17 @@ fn one<T>(batch: Batch<T>) -> Result<T, ArchiveError> {
         .expect("a batch answers every object asked for")
 }
 
-/// Open the archive named by `location`: a directory path or a `file://` URL.
+/// Open the archive named by `location`: a directory path, a `file://` URL,
+/// or an `http://` / `https://` Git LFS endpoint.
 pub fn open(location: &str) -> Result<Arc<dyn Archive>, ArchiveError> {
+    open_with(location, &HttpOptions::default())
+}
+
+/// `open`, with the settings an HTTP archive takes from configuration.
+pub fn open_with(location: &str, http: &HttpOptions) -> Result<Arc<dyn Archive>, ArchiveError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Ok(Arc::new(HttpArchive::new(location, http)?));
+    }
     if let Some(path) = location.strip_prefix("file://") {
         return Ok(Arc::new(DirArchive::new(location, PathBuf::from(path))));
     }

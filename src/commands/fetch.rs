@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use super::Context;
-use crate::transfer::NoProgress;
+use super::progress::Bar;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
@@ -17,7 +17,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|m| m.size == 0 || ctx.store.cache.contains(&m.id))
         .count();
-    let unavailable = ctx.store.fetch_many(&markers, &NoProgress)?;
+    let unavailable = ctx
+        .store
+        .fetch_many(&markers, &Bar::new(&ctx.store.config, "fetching"))?;
     for u in &unavailable {
         let path = wanted
             .iter()

@@ -6,7 +6,9 @@ mod clean;
 mod fetch;
 mod fsck;
 mod install;
+mod progress;
 mod push;
+mod serve;
 mod smudge;
 mod status;
 mod track;
@@ -91,6 +93,9 @@ enum Command {
         #[arg(long)]
         archive: bool,
     },
+    /// Serve an archive over the Git LFS Batch API (basic transfers); its URL
+    /// is both fcache's archive and git-lfs's lfs.url.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -116,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Fsck { archive } => fsck::run(archive),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
