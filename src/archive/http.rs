@@ -427,6 +427,25 @@ impl Inner {
                     .body(body.clone()))
             })?;
             let status = response.status();
+            let json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("json"));
+            // Some servers (giftless) answer a download batch none of whose
+            // objects they hold with a 404 for the whole request.
+            if status == StatusCode::NOT_FOUND && operation == "download" && json {
+                for m in chunk {
+                    answers.insert(
+                        m.id,
+                        Answer::Error {
+                            code: 404,
+                            message: "not found".to_owned(),
+                        },
+                    );
+                }
+                continue;
+            }
             if !status.is_success() {
                 let hint = match status {
                     StatusCode::FORBIDDEN => "; the credentials may allow reading only".to_owned(),
@@ -881,5 +900,219 @@ impl Upload for HttpUpload {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode as AxumStatus};
+    use axum::response::{IntoResponse, Response as AxumResponse};
+    use axum::routing::{get, post};
+
+    use super::*;
+    use crate::serve::{Options, Server};
+
+    /// A real `fcache serve` over a directory, on a runtime of its own.
+    fn serve(
+        root: &Path,
+        token_file: Option<std::path::PathBuf>,
+    ) -> (tokio::runtime::Runtime, String) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let options = Options {
+            listen: "127.0.0.1:0".to_owned(),
+            token_file,
+            allow_anonymous_remote: false,
+            max_object_size: Options::DEFAULT_MAX_OBJECT_SIZE,
+            max_request_body: Options::DEFAULT_MAX_REQUEST_BODY,
+            max_concurrent: 16,
+            public_url: None,
+            tmp_dir: root.join("tmp"),
+        };
+        let archive = crate::archive::open(root.to_str().unwrap()).unwrap();
+        let server = runtime
+            .block_on(Server::bind(options, archive, Arc::new(|_| {})))
+            .unwrap();
+        let url = format!("http://{}", server.local_addr());
+        runtime.spawn(server.run(std::future::pending()));
+        (runtime, url)
+    }
+
+    fn options() -> HttpOptions {
+        HttpOptions {
+            token: None,
+            no_credential_helper: true,
+        }
+    }
+
+    #[test]
+    fn conformance_against_fcache_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_runtime, url) = serve(dir.path(), None);
+        let archive = HttpArchive::new(&url, &options()).unwrap();
+        crate::archive::conformance::run(&archive, true);
+        // Nothing refused was left behind on the server.
+        assert_eq!(fs_err::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn credentials_from_the_url_or_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "read reader:r-secret\nwrite writer:w-secret\n").unwrap();
+        let root = dir.path().join("archive");
+        let (_runtime, url) = serve(&root, Some(tokens));
+        let src = dir.path().join("obj");
+        std::fs::write(&src, b"guarded").unwrap();
+        let m = Marker::new(ObjectId::of_bytes(b"guarded"), 7);
+
+        let anonymous = HttpArchive::new(&url, &options()).unwrap();
+        let err = (&anonymous as &dyn Archive).contains(&m).unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+        assert!(err.to_string().contains("fcache.http.token"), "{err}");
+
+        let with_user = url.replace("http://", "http://writer:w-secret@");
+        let writer = HttpArchive::new(&with_user, &options()).unwrap();
+        assert_eq!(writer.location(), url, "credentials never show in messages");
+        assert!((&writer as &dyn Archive).put(&m, &src).unwrap());
+
+        let reader = HttpArchive::new(
+            &url,
+            &HttpOptions {
+                token: Some("r-secret".to_owned()),
+                no_credential_helper: true,
+            },
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        (&reader as &dyn Archive).get(&m, &mut out).unwrap();
+        assert_eq!(out, b"guarded");
+        let other = Marker::new(ObjectId::of_bytes(b"other"), 5);
+        let err = (&reader as &dyn Archive).put(&other, &src).unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+
+        let wrong =
+            HttpArchive::new(&url.replace("http://", "http://writer:nope@"), &options()).unwrap();
+        let err = (&wrong as &dyn Archive).contains(&m).unwrap_err();
+        assert!(err.to_string().contains("refused the credentials"), "{err}");
+    }
+
+    /// A server that fails the way networks do: the batch answers 503, then
+    /// 429 with Retry-After; the first download breaks off half way.
+    #[test]
+    fn retries_and_resumes_a_broken_download_with_range() {
+        let content: Arc<Vec<u8>> = Arc::new((0..3_000_000u32).map(|i| (i % 253) as u8).collect());
+        let id = ObjectId::of_bytes(&content);
+        let batches = Arc::new(AtomicUsize::new(0));
+        let ranges = Arc::new(Mutex::new(Vec::<Option<String>>::new()));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let total = content.len();
+        let app = {
+            let (batches, ranges, content, base) = (
+                batches.clone(),
+                ranges.clone(),
+                content.clone(),
+                base.clone(),
+            );
+            Router::new()
+                .route(
+                    "/objects/batch",
+                    post(move || {
+                        let n = batches.fetch_add(1, Ordering::SeqCst);
+                        let base = base.clone();
+                        let len = total;
+                        async move {
+                            match n {
+                                0 => AxumStatus::SERVICE_UNAVAILABLE.into_response(),
+                                1 => (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "1")])
+                                    .into_response(),
+                                _ => serde_json::json!({
+                                    "transfer": "basic",
+                                    "objects": [{"oid": id.to_string(), "size": len,
+                                        "actions": {"download": {"href": format!("{base}/data")}}}]
+                                })
+                                .to_string()
+                                .into_response(),
+                            }
+                        }
+                    }),
+                )
+                .route(
+                    "/data",
+                    get(move |headers: AxumHeaders| {
+                        let range = headers.get("range").map(|v| v.to_str().unwrap().to_owned());
+                        let first = {
+                            let mut r = ranges.lock().unwrap();
+                            r.push(range.clone());
+                            r.len() == 1
+                        };
+                        let content = content.clone();
+                        async move {
+                            if first {
+                                // Half the bytes, then the connection breaks.
+                                let half = axum::body::Bytes::copy_from_slice(
+                                    &content[..content.len() / 2],
+                                );
+                                let stream = futures_util::stream::iter(vec![
+                                    Ok(half),
+                                    Err(io::Error::other("cut")),
+                                ]);
+                                let mut r = AxumResponse::new(Body::from_stream(stream));
+                                r.headers_mut()
+                                    .insert("content-length", content.len().into());
+                                return r;
+                            }
+                            let start: usize = range
+                                .as_deref()
+                                .and_then(|r| r.strip_prefix("bytes="))
+                                .and_then(|r| r.split('-').next())
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                            let mut r = AxumResponse::new(Body::from(content[start..].to_vec()));
+                            *r.status_mut() = AxumStatus::PARTIAL_CONTENT;
+                            r.headers_mut().insert(
+                                "content-range",
+                                format!("bytes {start}-{}/{}", content.len() - 1, content.len())
+                                    .parse()
+                                    .unwrap(),
+                            );
+                            r
+                        }
+                    }),
+                )
+        };
+        runtime.spawn(async move { axum::serve(listener, app).await });
+
+        let archive = HttpArchive::new(&base, &options()).unwrap();
+        let m = Marker::new(id, content.len() as u64);
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        let n = (&archive as &dyn Archive).get(&m, &mut out).unwrap();
+        assert_eq!(n, content.len() as u64);
+        assert!(out == *content, "every byte once, in order");
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            3,
+            "503 and 429 were retried"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "Retry-After was honoured"
+        );
+        let ranges = ranges.lock().unwrap();
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        assert_eq!(ranges[0], None);
+        assert_eq!(
+            ranges[1].as_deref(),
+            Some(format!("bytes={}-{}", content.len() / 2, content.len() - 1).as_str()),
+            "the second request resumed where the first broke off"
+        );
     }
 }

@@ -105,13 +105,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the server's runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let server = Server::bind(options, store, log).await?;
         eprintln!(
             "fcache serve: listening on http://{} (archive {}); use it as fcache.archive or git-lfs's lfs.url",
             server.local_addr(),
             args.root
         );
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         eprintln!("fcache serve: stopped");
         anyhow::Ok(())
     })?;

@@ -164,7 +164,8 @@ impl Server {
                 "/objects/{oid}/{size}",
                 get(objects::download).put(objects::upload),
             )
-            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+            // Plain text, so clients can tell a wrong URL from an LFS answer.
+            .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
             .layer(DefaultBodyLimit::max(state.options.max_request_body))
             .with_state(state)
             .layer(middleware::from_fn_with_state(log, log_request));
@@ -195,27 +196,36 @@ impl Server {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on Ctrl-C or SIGTERM. The handlers are in place when this
+/// returns (call it inside the runtime, before telling anyone the server is
+/// up), so a signal sent right after start-up is not lost.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = wait(term.take()) => {}
+            () = wait(interrupt.take()) => {}
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
 

@@ -4,5 +4,6 @@
 mod common;
 mod concurrency;
 mod core;
+mod http;
 mod memory;
 mod smudge;
