@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -60,7 +60,11 @@ struct Inner {
     location: String,
     /// The URL without credentials and without a trailing slash.
     base: String,
-    client: Client,
+    /// Made on first use: setting up TLS costs time that a smudge served
+    /// from the cache should not pay.
+    client: OnceLock<Result<Client, String>>,
+    /// For uploads: a runtime of our own and an async client on it.
+    async_client: OnceLock<Result<(tokio::runtime::Runtime, reqwest::Client), String>>,
     auth: Mutex<AuthState>,
     use_helper: bool,
 }
@@ -112,29 +116,12 @@ impl HttpArchive {
         let _ = url.set_password(None);
         let base = url.as_str().trim_end_matches('/').to_owned();
 
-        // rustls needs one crypto provider for the process; ring builds
-        // everywhere without cmake. Someone may have installed one already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::builder()
-            // Transfers of large objects take as long as they take; dead
-            // connections are found by TCP keepalive and the user timeout.
-            .timeout(None::<Duration>)
-            .connect_timeout(Duration::from_secs(30))
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_user_timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("fcache/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ArchiveError::Remote {
-                archive: base.clone(),
-                message: "cannot set up an HTTP client".to_owned(),
-                source: Some(Box::new(e)),
-            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 location: base.clone(),
                 base,
-                client,
+                client: OnceLock::new(),
+                async_client: OnceLock::new(),
                 auth: Mutex::new(AuthState {
                     credentials,
                     from_helper: false,
@@ -238,6 +225,75 @@ enum Answer {
 }
 
 impl Inner {
+    fn client(&self) -> Result<&Client, ArchiveError> {
+        self.client
+            .get_or_init(|| {
+                // rustls needs one crypto provider for the process; ring
+                // builds everywhere without cmake. Someone may have installed
+                // one already.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Client::builder()
+                    // Transfers of large objects take as long as they take;
+                    // dead connections are found by TCP keepalive and the
+                    // user timeout.
+                    .timeout(None::<Duration>)
+                    .connect_timeout(Duration::from_secs(30))
+                    .tcp_keepalive(Duration::from_secs(30))
+                    .tcp_user_timeout(Duration::from_secs(120))
+                    .pool_max_idle_per_host(64)
+                    .user_agent(concat!("fcache/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| error_chain(&e))
+            })
+            .as_ref()
+            .map_err(|e| self.remote(format!("cannot set up an HTTP client: {e}")))
+    }
+
+    fn async_client(&self) -> Result<(&tokio::runtime::Runtime, &reqwest::Client), ArchiveError> {
+        self.async_client
+            .get_or_init(|| {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("fcache-http")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let client = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(30))
+                    .tcp_keepalive(Duration::from_secs(30))
+                    .tcp_user_timeout(Duration::from_secs(120))
+                    .pool_max_idle_per_host(64)
+                    .user_agent(concat!("fcache/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| error_chain(&e))?;
+                Ok((runtime, client))
+            })
+            .as_ref()
+            .map(|(r, c)| (r, c))
+            .map_err(|e| self.remote(format!("cannot set up an HTTP client: {e}")))
+    }
+
+    /// The `Authorization` header our credentials make, if any.
+    fn authorization(&self) -> Option<HeaderValue> {
+        use base64::Engine as _;
+        let auth = self
+            .auth
+            .lock()
+            .expect("no thread panics holding the auth state");
+        let value = match &auth.credentials {
+            Credentials::None => return None,
+            Credentials::Basic { user, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+            Credentials::Bearer(token) => format!("Bearer {token}"),
+        };
+        let mut value = HeaderValue::from_str(&value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
     fn remote(&self, message: String) -> ArchiveError {
         ArchiveError::Remote {
             archive: self.location.clone(),
@@ -419,7 +475,7 @@ impl Inner {
             let what = format!("{operation} batch request for {} object(s)", chunk.len());
             let response = self.send(&what, true, &|| {
                 Ok(self
-                    .client
+                    .client()?
                     .post(&url)
                     .header(header::ACCEPT, LFS_MEDIA_TYPE)
                     .header(header::CONTENT_TYPE, LFS_MEDIA_TYPE)
@@ -524,7 +580,9 @@ impl Inner {
         let own = same_origin(&action.href, &self.base);
         let authorize = own && !headers.contains_key(header::AUTHORIZATION);
         Ok((
-            self.client.request(method, &action.href).headers(headers),
+            self.client()?
+                .request(method, &action.href)
+                .headers(headers),
             authorize,
         ))
     }
@@ -557,10 +615,14 @@ fn retry_after(response: &Response) -> Option<Duration> {
 fn server_message(response: Response) -> String {
     let mut body = Vec::new();
     let _ = response.take(64 << 10).read_to_end(&mut body);
-    match serde_json::from_slice::<ErrorBody>(&body) {
+    message_in(&body)
+}
+
+fn message_in(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) if !e.message.is_empty() => format!(": {}", e.message.trim()),
         _ => {
-            let text = String::from_utf8_lossy(&body);
+            let text = String::from_utf8_lossy(body);
             let line = text
                 .lines()
                 .map(str::trim)
@@ -834,6 +896,87 @@ impl HttpUpload {
     }
 }
 
+impl HttpUpload {
+    /// PUT the file, streamed in large chunks on the async client (the
+    /// blocking client's request bodies move 8 KiB at a time, which halves
+    /// upload speed), retrying transient failures. Returns the final status
+    /// and the start of its body.
+    fn put(
+        &self,
+        source: &Path,
+        len: u64,
+        what: &str,
+    ) -> Result<(StatusCode, Vec<u8>), ArchiveError> {
+        let inner = &self.inner;
+        let (runtime, client) = inner.async_client()?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.upload.header {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| inner.remote(format!("the server sent a bad header name {k:?}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| inner.remote(format!("the server sent a bad value for header {k}")))?;
+            headers.insert(name, value);
+        }
+        if !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if same_origin(&self.upload.href, &inner.base)
+            && !headers.contains_key(header::AUTHORIZATION)
+            && let Some(value) = inner.authorization()
+        {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let mut attempt = 0u32;
+        loop {
+            let result: Result<(StatusCode, Option<Duration>, Vec<u8>), String> =
+                runtime.block_on(async {
+                    let file = tokio::fs::File::open(source)
+                        .await
+                        .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(file, hashing::CHUNK);
+                    let response = client
+                        .put(&self.upload.href)
+                        .headers(headers.clone())
+                        .body(reqwest::Body::wrap_stream(stream))
+                        .send()
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    let status = response.status();
+                    let wait = response
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let body = response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    Ok((status, wait, body))
+                });
+            let (message, wait) = match result {
+                Ok((status, wait, body))
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    (format!("{what}: HTTP {status}{}", message_in(&body)), wait)
+                }
+                Ok((status, _, body)) => return Ok((status, body)),
+                Err(message) => (format!("{what}: {message}"), None),
+            };
+            if attempt >= RETRIES {
+                return Err(inner.remote(format!("{message} (gave up after {attempt} retries)")));
+            }
+            attempt += 1;
+            std::thread::sleep(wait.unwrap_or_else(|| backoff(attempt)).min(MAX_BACKOFF));
+        }
+    }
+}
+
 impl Upload for HttpUpload {
     fn send(&self, source: &Path) -> Result<(), ArchiveError> {
         let inner = &self.inner;
@@ -845,33 +988,15 @@ impl Upload for HttpUpload {
         };
         let len = fs_err::metadata(source).map_err(io_err)?.len();
         let what = format!("upload of object {id}");
-        let response = inner.send(&what, false, &|| {
-            let file = File::open(source).map_err(io_err)?;
-            let (mut request, authorize) =
-                inner.action_request(reqwest::Method::PUT, &self.upload)?;
-            if authorize {
-                request = inner.authorize(request);
-            }
-            if !self
-                .upload
-                .header
-                .keys()
-                .any(|k| k.eq_ignore_ascii_case("content-type"))
-            {
-                request = request.header(header::CONTENT_TYPE, "application/octet-stream");
-            }
-            Ok(request.body(reqwest::blocking::Body::sized(file, len)))
-        })?;
-        let status = response.status();
+        let (status, body) = self.put(source, len, &what)?;
         if !status.is_success() {
-            let message = format!("{what}: HTTP {status}{}", server_message(response));
+            let message = format!("{what}: HTTP {status}{}", message_in(&body));
             return Err(if status.is_client_error() {
                 self.classify_refusal(source, message)
             } else {
                 inner.remote(message)
             });
         }
-        drop(response);
         let Some(verify) = &self.verify else {
             return Ok(());
         };
