@@ -116,24 +116,37 @@ run_client() { # $1: fcache | git-lfs, $2: run directory
         git clone -q -c "lfs.url=$url" "$dir/remote.git" "$dir/clone"
     )
     t3=$(now)
+    # Clone without downloads, then the transfer alone (fetch into the
+    # cache / .git/lfs), then markers to files (checkout).
+    local t5 t6
     (
         export HOME=$lazy FCACHE_CACHE_DIR=$lazy/cache FCACHE_ARCHIVE=$url
         cd "$HOME"
         if [ "$client" = fcache ]; then
             FCACHE_SKIP_SMUDGE=1 git clone -q "$dir/remote.git" "$dir/lazy-clone"
-            cd "$dir/lazy-clone" && fcache pull
         else
             GIT_LFS_SKIP_SMUDGE=1 git clone -q -c "lfs.url=$url" "$dir/remote.git" "$dir/lazy-clone"
-            cd "$dir/lazy-clone" && git lfs pull
         fi
     )
     t4=$(now)
+    (
+        export HOME=$lazy FCACHE_CACHE_DIR=$lazy/cache FCACHE_ARCHIVE=$url
+        cd "$dir/lazy-clone"
+        if [ "$client" = fcache ]; then fcache fetch; else git lfs fetch; fi
+    )
+    t5=$(now)
+    (
+        export HOME=$lazy FCACHE_CACHE_DIR=$lazy/cache FCACHE_ARCHIVE=$url
+        cd "$dir/lazy-clone"
+        if [ "$client" = fcache ]; then fcache checkout; else git lfs checkout; fi
+    )
+    t6=$(now)
     cmp "$work/data/big.bin" "$dir/clone/big.bin"
     cmp "$work/data/big.bin" "$dir/lazy-clone/big.bin"
     diff -r "$work/data/small" "$dir/clone/small" >/dev/null
     diff -r "$work/data/small" "$dir/lazy-clone/small" >/dev/null
     stop_server
-    echo "$(elapsed "$t0" "$t1") $(elapsed "$t2" "$t3") $(elapsed "$t3" "$t4")" >>"$work/$client.times"
+    echo "$(elapsed "$t0" "$t1") $(elapsed "$t4" "$t5") $(elapsed "$t5" "$t6") $(elapsed "$t2" "$t3")" >>"$work/$client.times"
     rm -rf "$dir"
 }
 
@@ -164,8 +177,10 @@ print(f"Machine: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.re
       f"and {small_files} files of 1-10 KiB\n")
 print("| through `fcache serve` (seconds) | fcache | git-lfs | git-lfs / fcache |")
 print("| --- | --- | --- | --- |")
-for k, name in enumerate(["push (pre-push hook uploads)", "clone (smudge filter downloads)",
-                          "clone without smudge, then pull"]):
+for k, name in enumerate(["push (`git push`; the pre-push hook uploads)",
+                          "fetch after a clone without smudge (`fcache fetch` / `git lfs fetch`)",
+                          "then checkout (`fcache checkout` / `git lfs checkout`)",
+                          "plain `git clone` (the smudge filter downloads)"]):
     a, b = med(fc, k), med(gl, k)
     print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
 PY

@@ -897,7 +897,7 @@ impl HttpUpload {
 }
 
 impl HttpUpload {
-    /// PUT the file, streamed in large chunks on the async client (the
+    /// PUT a large file, streamed in 1 MiB chunks on the async client (the
     /// blocking client's request bodies move 8 KiB at a time, which halves
     /// upload speed), retrying transient failures. Returns the final status
     /// and the start of its body.
@@ -988,7 +988,32 @@ impl Upload for HttpUpload {
         };
         let len = fs_err::metadata(source).map_err(io_err)?.len();
         let what = format!("upload of object {id}");
-        let (status, body) = self.put(source, len, &what)?;
+        let (status, body) = if len > hashing::CHUNK as u64 {
+            self.put(source, len, &what)?
+        } else {
+            // Small objects: one write each, and no hop to another runtime.
+            let response = inner.send(&what, false, &|| {
+                let file = File::open(source).map_err(io_err)?;
+                let (mut request, authorize) =
+                    inner.action_request(reqwest::Method::PUT, &self.upload)?;
+                if authorize {
+                    request = inner.authorize(request);
+                }
+                if !self
+                    .upload
+                    .header
+                    .keys()
+                    .any(|k| k.eq_ignore_ascii_case("content-type"))
+                {
+                    request = request.header(header::CONTENT_TYPE, "application/octet-stream");
+                }
+                Ok(request.body(reqwest::blocking::Body::sized(file, len)))
+            })?;
+            let status = response.status();
+            let mut body = Vec::new();
+            let _ = response.take(64 << 10).read_to_end(&mut body);
+            (status, body)
+        };
         if !status.is_success() {
             let message = format!("{what}: HTTP {status}{}", message_in(&body));
             return Err(if status.is_client_error() {
