@@ -16,6 +16,8 @@
 //! | `FCACHE_S3_ENDPOINT` | `fcache.s3.endpoint` | S3 archives: the service URL (default: `AWS_ENDPOINT_URL`, else AWS) |
 //! | `FCACHE_S3_REGION`   | `fcache.s3.region`  | S3 archives: the region (default: `AWS_REGION`, else `us-east-1`) |
 //! | `AWS_*`              | —                   | S3 archives: credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and the other standard variables |
+//! | `FCACHE_HTTP_TOKEN`  | `fcache.http.token` | bearer token for an http(s) archive (else user:password in the URL, else git's credential helper on 401) |
+//! | `FCACHE_NO_PROGRESS` | —                   | no progress bars, even on a terminal              |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 //! | `FCACHE_TEST_PAUSE_IN_SAVE` | —            | tests only: an index save half done creates this file and sleeps, to be killed there |
@@ -57,6 +59,10 @@ pub struct Config {
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
     pub s3: S3Settings,
+    /// Bearer token for an http(s) archive.
+    pub http_token: Option<String>,
+    /// Never draw progress bars.
+    pub no_progress: bool,
     pub clock: Clock,
 }
 
@@ -270,6 +276,11 @@ impl Config {
                 .filter(|(k, v)| k.starts_with("AWS_") && !v.is_empty())
                 .collect(),
         };
+        let http_token = env("FCACHE_HTTP_TOKEN").or(get("fcache.http.token")?);
+        let no_progress = match env("FCACHE_NO_PROGRESS") {
+            Some(v) => parse_bool("FCACHE_NO_PROGRESS", &v)?,
+            None => false,
+        };
         let clock = match env("FCACHE_NOW") {
             Some(v) => Clock::Fixed(clock::parse(&v).ok_or_else(|| ConfigError::Invalid {
                 key: "FCACHE_NOW".to_owned(),
@@ -288,6 +299,8 @@ impl Config {
             lock_timeout,
             concurrent_transfers,
             s3,
+            http_token,
+            no_progress,
             clock,
         })
     }

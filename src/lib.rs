@@ -16,5 +16,6 @@ pub mod lock;
 pub mod marker;
 pub mod oid;
 pub mod repo;
+pub mod serve;
 pub mod store;
 pub mod transfer;

@@ -13,6 +13,7 @@
 //! The one-object forms (`contains`, `get`, `put`) are sugar on `dyn Archive`.
 
 mod dir;
+mod http;
 mod s3;
 
 use std::io::{self, Write};
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::dir::DirArchive;
+pub use self::http::{HttpArchive, HttpOptions};
 pub use self::s3::S3Archive;
 use crate::config::Config;
 use crate::marker::Marker;
@@ -65,7 +67,7 @@ pub enum ArchiveError {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     #[error(
-        "unsupported archive location {0:?}: use a directory path, a file:// URL or s3://bucket[/prefix]"
+        "unsupported archive location {0:?}: use a directory path, a file:// URL, an http(s):// Git LFS endpoint or s3://bucket[/prefix]"
     )]
     Unsupported(String),
     #[error("invalid archive location {location:?}: {reason}")]
@@ -152,10 +154,28 @@ fn one<T>(batch: Batch<T>) -> Result<T, ArchiveError> {
         .expect("a batch answers every object asked for")
 }
 
-/// Open the archive named by `location`: a directory path, a `file://` URL or
-/// `s3://bucket[/prefix]` (its endpoint, region and credentials from
-/// `config`). The one place a location becomes an archive.
+/// Open the archive named by `location`: a directory path, a `file://` URL,
+/// an `http://` / `https://` Git LFS endpoint, or `s3://bucket[/prefix]`,
+/// with the settings each takes from `config` (HTTP credentials; the S3
+/// endpoint, region and credentials). The one place a location becomes an
+/// archive.
 pub fn open(location: &str, config: &Config) -> Result<Arc<dyn Archive>, ArchiveError> {
+    let http = HttpOptions {
+        token: config.http_token.clone(),
+        ..Default::default()
+    };
+    open_with(location, config, &http)
+}
+
+/// `open`, with the HTTP options given rather than taken from `config`.
+pub fn open_with(
+    location: &str,
+    config: &Config,
+    http: &HttpOptions,
+) -> Result<Arc<dyn Archive>, ArchiveError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Ok(Arc::new(HttpArchive::new(location, http)?));
+    }
     if location.starts_with("s3://") {
         return Ok(Arc::new(S3Archive::new(location, &config.s3)?));
     }

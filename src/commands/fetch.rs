@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use super::Context;
-use crate::transfer::NoProgress;
+use super::progress::Bar;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut ctx = Context::open()?;
@@ -22,7 +22,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|m| !limits.fits(m.size) && !ctx.store.cache.contains(&m.id))
         .count();
-    let unavailable = ctx.store.fetch_many(&markers, &NoProgress)?;
+    let unavailable = ctx
+        .store
+        .fetch_many(&markers, &Bar::new(&ctx.store.config, "fetching"))?;
     ctx.finish()?;
     for u in &unavailable {
         let path = wanted

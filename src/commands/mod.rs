@@ -8,7 +8,9 @@ mod fsck;
 mod gc;
 mod index;
 mod install;
+mod progress;
 mod push;
+mod serve;
 mod smudge;
 mod status;
 mod track;
@@ -105,6 +107,9 @@ enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// Serve an archive over the Git LFS Batch API (basic transfers); its URL
+    /// is both fcache's archive and git-lfs's lfs.url.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index {
             command: IndexCommand::Rebuild,
         } => index::rebuild(),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

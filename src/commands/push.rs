@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 
 use super::Context;
+use super::progress::Bar;
 use crate::store::{Pushed, StoreError};
-use crate::transfer::NoProgress;
 
 pub fn run(all: bool, remote: Option<String>, url: Option<String>) -> anyhow::Result<ExitCode> {
     let ctx = Context::open()?;
@@ -44,7 +44,9 @@ pub fn run(all: bool, remote: Option<String>, url: Option<String>) -> anyhow::Re
     let markers = ctx.repo.markers_in_commits(&include, &exclude)?;
     let objects: Vec<_> = markers.keys().copied().collect();
     let (mut sent, mut present, mut failed) = (0usize, 0usize, 0usize);
-    let results = ctx.store.push_many(&objects, &NoProgress)?;
+    let results = ctx
+        .store
+        .push_many(&objects, &Bar::new(&ctx.store.config, "sending"))?;
     for ((m, path), result) in markers.iter().zip(results) {
         match result {
             Ok(Pushed::Sent) => sent += 1,

@@ -4,6 +4,7 @@
 mod common;
 mod concurrency;
 mod core;
+mod http;
 mod index_formats;
 mod limits;
 mod memory;
