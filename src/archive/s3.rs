@@ -437,51 +437,52 @@ impl Download for S3Download {
         }
         let c = &self.client;
         let doing = || format!("cannot download object {}", self.id);
-        c.runtime.block_on(async {
-            let mut total = 0u64;
-            let mut resumed = 0;
-            loop {
-                let options = GetOptions {
-                    range: Some(GetRange::Bounded(range.start + total..range.end)),
-                    ..Default::default()
-                };
-                let mut body = match c.store.get_opts(&self.key, options).await {
-                    Ok(got) => got.into_stream(),
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Err(ArchiveError::NotFound {
-                            archive: c.location.clone(),
-                            id: self.id,
-                        });
-                    }
-                    // object_store has retried the request already.
-                    Err(e) => return Err(c.error(&doing(), e)),
-                };
-                let broken = loop {
-                    match body.next().await {
-                        None => return Ok(total),
-                        Some(Ok(chunk)) => {
-                            sink.write_all(&chunk)
-                                .map_err(|source| ArchiveError::Sink {
-                                    archive: c.location.clone(),
-                                    id: self.id,
-                                    source,
-                                })?;
-                            total += chunk.len() as u64;
-                        }
-                        Some(Err(e)) => break e,
-                    }
-                };
-                // The body broke off and object_store's own resumption (bound
-                // by its retry timeout) gave up. A key names its content, so
-                // the rest can always be asked for again: the sink sees each
-                // byte once, however long the object takes.
-                resumed += 1;
-                if resumed > RESUMES {
-                    return Err(c.error(&doing(), broken));
+        // Only the network waits run on the runtime: the sink is written
+        // outside it, since a sink may block (a pipe to git, or a channel
+        // into another runtime, as in `fcache serve`).
+        let mut total = 0u64;
+        let mut resumed = 0;
+        loop {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range.start + total..range.end)),
+                ..Default::default()
+            };
+            let mut body = match c.runtime.block_on(c.store.get_opts(&self.key, options)) {
+                Ok(got) => got.into_stream(),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(ArchiveError::NotFound {
+                        archive: c.location.clone(),
+                        id: self.id,
+                    });
                 }
-                tokio::time::sleep(Duration::from_millis(250 << resumed)).await;
+                // object_store has retried the request already.
+                Err(e) => return Err(c.error(&doing(), e)),
+            };
+            let broken = loop {
+                match c.runtime.block_on(body.next()) {
+                    None => return Ok(total),
+                    Some(Ok(chunk)) => {
+                        sink.write_all(&chunk)
+                            .map_err(|source| ArchiveError::Sink {
+                                archive: c.location.clone(),
+                                id: self.id,
+                                source,
+                            })?;
+                        total += chunk.len() as u64;
+                    }
+                    Some(Err(e)) => break e,
+                }
+            };
+            // The body broke off and object_store's own resumption (bound
+            // by its retry timeout) gave up. A key names its content, so
+            // the rest can always be asked for again: the sink sees each
+            // byte once, however long the object takes.
+            resumed += 1;
+            if resumed > RESUMES {
+                return Err(c.error(&doing(), broken));
             }
-        })
+            std::thread::sleep(Duration::from_millis(250 << resumed));
+        }
     }
 }
 

@@ -452,3 +452,65 @@ fn wrong_keys_or_a_missing_bucket_give_one_line_naming_bucket_and_endpoint() {
         "does not exist",
     );
 }
+
+#[test]
+fn fcache_serve_keeps_its_objects_in_s3() {
+    let Some(s3) = engine("fcache_serve_keeps_its_objects_in_s3") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let prefix = s3.prefix("serve");
+    let home = env.path().join("home-server");
+    fs::create_dir_all(&home).unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("fcache"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(format!("s3://{}/{prefix}", s3.bucket))
+        .env("HOME", &home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("FCACHE_S3_ENDPOINT", &s3.endpoint)
+        .env("FCACHE_S3_REGION", &s3.region)
+        .env("AWS_ACCESS_KEY_ID", &s3.key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret);
+    let server = crate::http::Served::start(cmd, home.clone(), "listening on http://", |line| {
+        let rest = line.split("listening on ").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    });
+
+    // Alice pushes through the server; the objects land in the bucket.
+    let alice = env.user("alice").with_env("FCACHE_ARCHIVE", &server.url);
+    let small = random_bytes(31, 50_000);
+    let large = random_bytes(32, 12 << 20);
+    let repo = committed(
+        &env,
+        &alice,
+        "repo",
+        &[("small.bin", &small), ("large.bin", &large)],
+    );
+    let remote = env.bare(&alice, "remote.git");
+    alice.git(&repo, ["push", "-q", remote.to_str().unwrap(), "main"]);
+    for bytes in [&small, &large] {
+        let (status, body) = s3.filer("GET", &key_of(&prefix, bytes));
+        assert_eq!(status, 200, "{}", key_of(&prefix, bytes));
+        assert!(body == *bytes, "stored bytes differ");
+    }
+
+    // Bob clones through the server with an empty cache.
+    let bob = env.user("bob").with_env("FCACHE_ARCHIVE", &server.url);
+    let cloned = bob
+        .run(
+            "git",
+            env.path(),
+            ["clone", "-q", remote.to_str().unwrap(), "clone"],
+        )
+        .success();
+    let clone = env.path().join("clone");
+    assert!(
+        fs::read(clone.join("small.bin")).unwrap() == small,
+        "{}\n{}\n{}",
+        cloned.stderr(),
+        "{}",
+        server.log()
+    );
+    assert!(fs::read(clone.join("large.bin")).unwrap() == large);
+    assert_eq!(bob.git(&clone, ["status", "--porcelain"]), "");
+}
