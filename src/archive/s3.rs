@@ -56,12 +56,12 @@ use crate::oid::ObjectId;
 /// Size of a multipart upload's parts, and the largest object sent in one
 /// PUT (held in memory while it is hashed and sent). S3 wants parts of at
 /// least 5 MiB, except the last.
-pub const PART_SIZE: usize = 8 << 20;
+pub const PART_SIZE: usize = 5 << 20;
 /// Parts of one upload on the wire at once: memory is about
 /// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` per upload, whatever the object size.
 const PARTS_IN_FLIGHT: usize = 2;
 /// S3's limit on the parts of one upload; past `PART_SIZE * MAX_PARTS`
-/// (78 GiB) parts grow.
+/// (48 GiB) parts grow.
 const MAX_PARTS: u64 = 10_000;
 /// How often one download picks up again after its body broke off.
 const RESUMES: u32 = 5;

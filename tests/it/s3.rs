@@ -183,7 +183,7 @@ fn push_and_clone_through_an_s3_archive() {
         ["config", "--global", "fcache.s3.region", &s3.region],
     );
     let small = random_bytes(11, 70_000);
-    // Over one part (8 MiB): a multipart upload.
+    // Over one part (5 MiB): a multipart upload.
     let large = random_bytes(12, 20 << 20);
     let repo = committed(
         &env,
