@@ -26,12 +26,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .store
         .fetch_many(&markers, &Bar::new(&ctx.store.config, "fetching"))?;
     ctx.finish()?;
-    for u in &unavailable {
-        let path = wanted
-            .iter()
-            .find_map(|(m, p)| (m.id == u.id).then_some(p.as_str()))
-            .unwrap_or("?");
+    // One line per object; when the archive failed as a whole, every line
+    // would say the same, so a few name their files and the count says the rest.
+    const SHOWN: usize = 10;
+    let paths: std::collections::HashMap<_, _> =
+        wanted.iter().map(|(m, p)| (m.id, p.as_str())).collect();
+    for u in unavailable.iter().take(SHOWN) {
+        let path = paths.get(&u.id).copied().unwrap_or("?");
         eprintln!("fcache: error: {path}: cannot fetch object {}: {u}", u.id);
+    }
+    if unavailable.len() > SHOWN {
+        eprintln!(
+            "fcache: error: ... and {} more object(s) that could not be fetched",
+            unavailable.len() - SHOWN
+        );
     }
     let fetched = markers.len() - before - too_large - unavailable.len();
     eprintln!(

@@ -1,6 +1,7 @@
 //! `status`: what this repository knows, and where each object is.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -172,12 +173,17 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         pre_push_hook: fs_err::read_to_string(ctx.repo.hooks_dir()?.join("pre-push"))
             .is_ok_and(|hook| hook.contains("fcache push")),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let mut out = io::stdout().lock();
+    let printed = if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)
     } else {
-        print_text(&report);
+        print_text(&mut out, &report)
+    };
+    match printed {
+        // A reader that went away (`fcache status | head`) is not a failure.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn yes_no(b: Option<bool>) -> &'static str {
@@ -188,17 +194,19 @@ fn yes_no(b: Option<bool>) -> &'static str {
     }
 }
 
-fn print_text(r: &Report) {
+fn print_text(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     let time = |t: &Option<Timestamp>| t.as_ref().map(clock::format).unwrap_or_else(|| "-".into());
-    println!("Objects known to this repository: {}", r.objects.len());
+    writeln!(out, "Objects known to this repository: {}", r.objects.len())?;
     if !r.objects.is_empty() {
-        println!(
+        writeln!(
+            out,
             "{:<64}  {:>12}  {:<20}  {:<20}  {:<5}  {:<7}  PATHS",
             "IDENTIFIER", "SIZE", "ADDED", "LAST USED", "CACHE", "ARCHIVE"
-        );
+        )?;
     }
     for o in &r.objects {
-        println!(
+        writeln!(
+            out,
             "{}  {:>12}  {:<20}  {:<20}  {:<5}  {:<7}  {}{}",
             o.identifier,
             o.size,
@@ -208,25 +216,27 @@ fn print_text(r: &Report) {
             yes_no(o.in_archive),
             o.paths.join(", "),
             if o.missing { "  MISSING" } else { "" }
-        );
+        )?;
     }
     let missing: Vec<_> = r.objects.iter().filter(|o| o.missing).collect();
     if !missing.is_empty() {
-        println!(
+        writeln!(
+            out,
             "\nMissing: {} object(s) in neither the cache nor the archive; whoever added them must run `fcache push`:",
             missing.len()
-        );
+        )?;
         for o in missing {
-            println!("    {}  {}", o.identifier, o.paths.join(", "));
+            writeln!(out, "    {}  {}", o.identifier, o.paths.join(", "))?;
         }
     }
     if !r.not_checked_out.is_empty() {
-        println!(
+        writeln!(
+            out,
             "\nFiles holding a marker instead of their content (run `fcache pull`): {}",
             r.not_checked_out.len()
-        );
+        )?;
         for p in &r.not_checked_out {
-            println!("    {p}");
+            writeln!(out, "    {p}")?;
         }
     }
     let c = &r.cache;
@@ -234,7 +244,8 @@ fn print_text(r: &Report) {
         Some(l) => format!(" of {l}{unit}"),
         None => String::new(),
     };
-    println!(
+    writeln!(
+        out,
         "\nCache {}: {} object(s){}, {} bytes{}{}",
         c.dir,
         c.objects,
@@ -246,17 +257,19 @@ fn print_text(r: &Report) {
         } else {
             ""
         }
-    );
+    )?;
     if let Some(why) = &c.over_limit_reason {
-        println!("The cache is over its limit: {why}");
+        writeln!(out, "The cache is over its limit: {why}")?;
     }
     match &r.archive_error {
-        Some(e) => println!("Archive {}: cannot be reached: {e}", r.archive),
-        None => println!("Archive {}", r.archive),
+        Some(e) => writeln!(out, "Archive {}: cannot be reached: {e}", r.archive)?,
+        None => writeln!(out, "Archive {}", r.archive)?,
     }
     if !r.pre_push_hook {
-        println!(
+        writeln!(
+            out,
             "The pre-push hook is not installed: run `fcache install` here, or `git push` will not send objects to the archive"
-        );
+        )?;
     }
+    Ok(())
 }
