@@ -56,9 +56,10 @@ impl Archive for DirArchive {
     }
 
     fn contains_many(&self, objects: &[Marker]) -> Result<Vec<bool>, ArchiveError> {
+        // An object of the wrong size is damaged, not held.
         objects
             .iter()
-            .map(|m| Ok(self.size_of(&m.id)?.is_some()))
+            .map(|m| Ok(self.size_of(&m.id)? == Some(m.size)))
             .collect()
     }
 
@@ -92,8 +93,9 @@ impl Archive for DirArchive {
             .iter()
             .map(|m| {
                 Ok(match self.size_of(&m.id)? {
-                    Some(_) => Ok(None),
-                    None => Ok(Some(Box::new(DirUpload {
+                    Some(size) if size == m.size => Ok(None),
+                    // Absent, or damaged: the right bytes replace it.
+                    _ => Ok(Some(Box::new(DirUpload {
                         location: self.location.clone(),
                         root: self.root.clone(),
                         object: *m,
@@ -217,6 +219,33 @@ impl Upload for DirUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_object_is_not_held_and_a_put_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = DirArchive::new("test", dir.path().to_owned());
+        let archive: &dyn Archive = &archive;
+        let bytes = b"the whole object".to_vec();
+        let m = Marker::new(ObjectId::of_bytes(&bytes), bytes.len() as u64);
+        let src = dir.path().join("src");
+        fs_err::write(&src, &bytes).unwrap();
+        assert!(archive.put(&m, &src).unwrap());
+        // Cut short behind fcache's back: no longer held, so gc would not
+        // evict a good cached copy for it, and a push sends it again.
+        let stored = dir.path().join("objects").join(m.id.fan_out_path(""));
+        let mut perms = fs_err::metadata(&stored).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs_err::set_permissions(&stored, perms).unwrap();
+        fs_err::write(&stored, &bytes[..5]).unwrap();
+        assert!(!archive.contains(&m).unwrap());
+        assert!(
+            archive.put(&m, &src).unwrap(),
+            "a damaged object is sent again"
+        );
+        assert!(archive.contains(&m).unwrap());
+        assert_eq!(fs_err::read(&stored).unwrap(), bytes);
+    }
 
     #[test]
     fn conformance() {

@@ -261,6 +261,8 @@ impl Inner {
                     .map_err(|e| e.to_string())?;
                 let client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(30))
+                    // A server that stays connected but stops answering.
+                    .read_timeout(Duration::from_secs(120))
                     .tcp_keepalive(Duration::from_secs(30))
                     .tcp_user_timeout(Duration::from_secs(120))
                     .pool_max_idle_per_host(64)
@@ -637,8 +639,13 @@ fn message_in(body: &[u8]) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    // reqwest names the URL in its errors; transfer URLs can carry secrets
+    // (presigned S3 links from a Git LFS server), so they are left out.
+    let mut s = match e.downcast_ref::<reqwest::Error>() {
+        Some(e) => redact_url_of(e),
+        None => e.to_string(),
+    };
     let mut source = e.source();
     while let Some(cause) = source {
         let c = cause.to_string();
@@ -649,6 +656,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+/// A reqwest error's text without the URL it names.
+fn redact_url_of(e: &reqwest::Error) -> String {
+    let text = e.to_string();
+    match e.url() {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
+    }
 }
 
 impl Archive for HttpArchive {
@@ -867,6 +883,108 @@ struct HttpUpload {
     verify: Option<Action>,
 }
 
+/// Checks an upload's bytes against its identifier and size as they go, so
+/// that content which is not what it claims (a cached copy that rotted)
+/// never reaches a server whole: the body ends in an error instead.
+struct UploadCheck {
+    expected: Marker,
+    seen: Mutex<(sha2::Sha256, u64)>,
+    wrong: Mutex<Option<(ObjectId, u64)>>,
+}
+
+impl UploadCheck {
+    fn new(expected: Marker) -> Self {
+        Self {
+            expected,
+            seen: Mutex::new((sha2::Digest::new(), 0)),
+            wrong: Mutex::new(None),
+        }
+    }
+
+    fn update(&self, bytes: &[u8]) {
+        let mut seen = self.seen.lock().expect("no panic while hashing");
+        sha2::Digest::update(&mut seen.0, bytes);
+        seen.1 += bytes.len() as u64;
+    }
+
+    /// At the end of the content: an error if it was not the object.
+    fn finish(&self) -> io::Result<()> {
+        let (hasher, len) = std::mem::replace(
+            &mut *self.seen.lock().expect("no panic while hashing"),
+            (sha2::Digest::new(), 0),
+        );
+        let actual = ObjectId::from_digest(hasher);
+        if actual == self.expected.id && len == self.expected.size {
+            return Ok(());
+        }
+        *self.wrong.lock().expect("no panic while checking") = Some((actual, len));
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "content of object {} is not what it claims",
+                self.expected.id
+            ),
+        ))
+    }
+
+    /// The check's verdict, once the body ended in its error.
+    fn failure(&self, archive: &str) -> Option<ArchiveError> {
+        let (actual, len) = (*self.wrong.lock().expect("no panic while checking"))?;
+        Some(if len != self.expected.size {
+            ArchiveError::WrongSize {
+                archive: archive.to_owned(),
+                id: self.expected.id,
+                expected: self.expected.size,
+                actual: len,
+            }
+        } else {
+            ArchiveError::WrongContent {
+                archive: archive.to_owned(),
+                expected: self.expected.id,
+                actual,
+            }
+        })
+    }
+
+    /// The body stream, checked: each chunk is hashed on its way and held
+    /// back until the next one comes, and the last one goes out only once
+    /// the whole content checked out. Otherwise the stream ends in an error
+    /// with the body short of its length, so no server can take it as whole.
+    fn wrap<S>(
+        self: Arc<Self>,
+        stream: S,
+    ) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static
+    where
+        S: futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+    {
+        use futures_util::StreamExt;
+        let held: Option<bytes::Bytes> = None;
+        futures_util::stream::unfold(
+            (self, stream, held, false),
+            |(check, mut stream, mut held, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => {
+                            check.update(&chunk);
+                            if let Some(previous) = held.replace(chunk) {
+                                return Some((Ok(previous), (check, stream, held, false)));
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(e), (check, stream, None, true))),
+                        None => {
+                            let last = check.finish().map(|()| held.take().unwrap_or_default());
+                            return Some((last, (check, stream, None, true)));
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
+
 impl HttpUpload {
     /// The server refused the bytes: if they are not what the identifier
     /// says, say so, so the caller can tell a corrupt source from a server
@@ -932,12 +1050,18 @@ impl HttpUpload {
         }
         let mut attempt = 0u32;
         loop {
+            let check = Arc::new(UploadCheck::new(self.object));
             let result: Result<(StatusCode, Option<Duration>, Vec<u8>), String> =
                 runtime.block_on(async {
                     let file = tokio::fs::File::open(source)
                         .await
                         .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(file, hashing::CHUNK);
+                    let stream = check
+                        .clone()
+                        .wrap(tokio_util::io::ReaderStream::with_capacity(
+                            file,
+                            hashing::CHUNK,
+                        ));
                     let response = client
                         .put(&self.upload.href)
                         .headers(headers.clone())
@@ -959,6 +1083,12 @@ impl HttpUpload {
                         .unwrap_or_default();
                     Ok((status, wait, body))
                 });
+            // The content was not what its identifier says: the body was
+            // cut short, so the server stored nothing; sending it again
+            // would not help.
+            if let Some(wrong) = check.failure(&inner.location) {
+                return Err(wrong);
+            }
             let (message, wait) = match result {
                 Ok((status, wait, body))
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS =>
@@ -991,9 +1121,20 @@ impl Upload for HttpUpload {
         let (status, body) = if len > hashing::CHUNK as u64 {
             self.put(source, len, &what)?
         } else {
-            // Small objects: one write each, and no hop to another runtime.
+            // Small objects: read whole (at most one chunk), checked before
+            // anything is sent, one write each, and no hop to another runtime.
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            File::open(source)
+                .and_then(|f| f.take(len + 1).read_to_end(&mut bytes))
+                .map_err(io_err)?;
+            let check = UploadCheck::new(self.object);
+            check.update(&bytes);
+            if check.finish().is_err() {
+                return Err(check
+                    .failure(&inner.location)
+                    .expect("a failed check says why"));
+            }
             let response = inner.send(&what, false, &|| {
-                let file = File::open(source).map_err(io_err)?;
                 let (mut request, authorize) =
                     inner.action_request(reqwest::Method::PUT, &self.upload)?;
                 if authorize {
@@ -1007,7 +1148,7 @@ impl Upload for HttpUpload {
                 {
                     request = request.header(header::CONTENT_TYPE, "application/octet-stream");
                 }
-                Ok(request.body(reqwest::blocking::Body::sized(file, len)))
+                Ok(request.body(bytes.clone()))
             })?;
             let status = response.status();
             let mut body = Vec::new();
@@ -1097,6 +1238,48 @@ mod tests {
             token: None,
             no_credential_helper: true,
         }
+    }
+
+    #[test]
+    fn an_upload_body_of_wrong_content_ends_in_an_error_not_its_end() {
+        use futures_util::StreamExt;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let chunks = |parts: &[&'static [u8]]| {
+            futures_util::stream::iter(
+                parts
+                    .iter()
+                    .map(|p| Ok(bytes::Bytes::from_static(p)))
+                    .collect::<Vec<io::Result<bytes::Bytes>>>(),
+            )
+        };
+        let good = Marker::new(ObjectId::of_bytes(b"hello world"), 11);
+        let run = |check: Arc<UploadCheck>, parts: &[&'static [u8]]| {
+            runtime.block_on(check.wrap(chunks(parts)).collect::<Vec<_>>())
+        };
+        let check = Arc::new(UploadCheck::new(good));
+        let items = run(check.clone(), &[b"hello ", b"world"]);
+        assert!(items.iter().all(Result::is_ok));
+        let sent: Vec<u8> = items.iter().flatten().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(sent, b"hello world");
+        assert!(check.failure("a").is_none());
+
+        let check = Arc::new(UploadCheck::new(good));
+        let items = run(check.clone(), &[b"hello ", b"World"]);
+        assert!(
+            items.last().unwrap().is_err(),
+            "the body must not end cleanly"
+        );
+        assert!(matches!(
+            check.failure("a"),
+            Some(ArchiveError::WrongContent { .. })
+        ));
+
+        let check = Arc::new(UploadCheck::new(good));
+        run(check.clone(), &[b"hello"]);
+        assert!(matches!(
+            check.failure("a"),
+            Some(ArchiveError::WrongSize { actual: 5, .. })
+        ));
     }
 
     #[test]

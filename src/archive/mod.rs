@@ -188,6 +188,34 @@ pub fn open_with(
     Ok(Arc::new(DirArchive::new(location, PathBuf::from(location))))
 }
 
+/// A tokio runtime an archive owns for its async client. Dropped where
+/// blocking is not allowed (the last handle to an archive can go inside
+/// `fcache serve`'s runtime), a plain runtime panics; this one lets its
+/// threads wind down in the background instead.
+pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    pub(crate) fn new(runtime: tokio::runtime::Runtime) -> Self {
+        Self(Some(runtime))
+    }
+}
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("only Drop takes the runtime")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A sink that writes only the bytes `skip..skip + len` of what it is given:
 /// ranged reads for archives whose storage can only stream from the start.
 pub struct RangeSink<'a> {

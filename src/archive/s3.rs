@@ -47,7 +47,7 @@ use object_store::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{Archive, ArchiveError, Batch, Download, Upload};
+use super::{Archive, ArchiveError, Batch, Download, OwnedRuntime, Upload};
 use crate::config::S3Settings;
 use crate::hashing;
 use crate::marker::Marker;
@@ -89,7 +89,10 @@ struct Client {
     bucket: String,
     endpoint: String,
     store: AmazonS3,
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnedRuntime,
+    /// A key under the prefix that holds nothing: listing it tells whether
+    /// the bucket exists, within what prefix-scoped credentials may list.
+    probe: Key,
     /// Set once the bucket is known to exist: a HEAD that finds nothing
     /// cannot tell a missing object from a missing bucket.
     bucket_seen: OnceLock<()>,
@@ -234,12 +237,18 @@ impl S3Archive {
                 message: "cannot start the S3 client's threads".to_owned(),
                 source: Some(Box::new(e)),
             })?;
+        let probe = ["objects", "ff", "ff", "ff"]
+            .iter()
+            .fold(self.prefix.clone().unwrap_or_default(), |k, part| {
+                k.join(*part)
+            });
         Ok(Client {
             location: self.location.clone(),
             bucket: self.bucket.clone(),
             endpoint: self.endpoint.clone(),
             store,
-            runtime,
+            runtime: OwnedRuntime::new(runtime),
+            probe,
             bucket_seen: OnceLock::new(),
         })
     }
@@ -269,10 +278,12 @@ impl Archive for S3Archive {
     }
 
     fn contains_many(&self, objects: &[Marker]) -> Result<Vec<bool>, ArchiveError> {
+        // An object of the wrong size under the right key is damaged, not held.
         Ok(self
             .sizes(objects)?
             .into_iter()
-            .map(|s| s.is_some())
+            .zip(objects)
+            .map(|(s, m)| s == Some(m.size))
             .collect())
     }
 
@@ -307,11 +318,13 @@ impl Archive for S3Archive {
             .iter()
             .zip(self.sizes(objects)?)
             .map(|(m, size)| match size {
-                Some(_) => Ok(None),
-                None => Ok(Some(Box::new(S3Upload {
+                Some(size) if size == m.size => Ok(None),
+                // Absent, or damaged (the wrong size): the right bytes replace it.
+                _ => Ok(Some(Box::new(S3Upload {
                     client: Arc::clone(&client),
                     key: self.key(&m.id),
                     object: *m,
+                    replace: size.is_some(),
                 }) as Box<dyn Upload>)),
             })
             .collect())
@@ -339,8 +352,7 @@ impl Client {
         if self.bucket_seen.get().is_some() {
             return Ok(());
         }
-        let probe = Key::from_iter(["objects", "ff", "ff", "ff"]);
-        match self.store.list_with_delimiter(Some(&probe)).await {
+        match self.store.list_with_delimiter(Some(&self.probe)).await {
             Ok(_) => {
                 let _ = self.bucket_seen.set(());
                 Ok(())
@@ -458,6 +470,7 @@ impl Download for S3Download {
                 // object_store has retried the request already.
                 Err(e) => return Err(c.error(&doing(), e)),
             };
+            let reached = total;
             let broken = loop {
                 match c.runtime.block_on(body.next()) {
                     None => return Ok(total),
@@ -477,6 +490,11 @@ impl Download for S3Download {
             // by its retry timeout) gave up. A key names its content, so
             // the rest can always be asked for again: the sink sees each
             // byte once, however long the object takes.
+            // The budget is for break-offs in a row: one that made progress
+            // starts it again.
+            if total > reached {
+                resumed = 0;
+            }
             resumed += 1;
             if resumed > RESUMES {
                 return Err(c.error(&doing(), broken));
@@ -490,6 +508,8 @@ struct S3Upload {
     client: Arc<Client>,
     key: Key,
     object: Marker,
+    /// The key holds a damaged object (the wrong size) to be overwritten.
+    replace: bool,
 }
 
 impl S3Upload {
@@ -558,7 +578,11 @@ impl S3Upload {
             .map_err(self.io(source))?;
         self.check(ObjectId::of_bytes(&bytes), bytes.len() as u64)?;
         let options = PutOptions {
-            mode: PutMode::Create,
+            mode: if self.replace {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
+            },
             ..Default::default()
         };
         let c = &self.client;
@@ -616,9 +640,9 @@ impl S3Upload {
         }
         // Someone else finished it meanwhile: keep theirs rather than
         // replace it (with the same bytes).
-        if c.size_of(&self.key, &self.object.id).await?.is_some() {
+        if c.size_of(&self.key, &self.object.id).await? == Some(self.object.size) {
             let _ = writer.abort().await;
-            return self.already_there().await;
+            return Ok(());
         }
         writer
             .finish()

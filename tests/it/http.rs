@@ -250,17 +250,9 @@ fn push_and_clone_through_fcache_serve() {
     assert!(denied.stderr().contains("403"), "{}", denied.stderr());
     assert!(denied.stderr().contains(&server.url), "{}", denied.stderr());
     assert_eq!(server.objects().len(), 3);
-    // One log line per request.
-    assert!(
-        server.log().contains("POST /objects/batch 200"),
-        "{}",
-        server.log()
-    );
-    assert!(
-        server.log().contains("POST /objects/batch 403"),
-        "{}",
-        server.log()
-    );
+    // One log line per request (read from the server's stderr as it comes).
+    server.wait_for_log("POST /objects/batch 200", 1);
+    server.wait_for_log("POST /objects/batch 403", 1);
 }
 
 /// A user with git-lfs set up in their HOME.
@@ -460,6 +452,34 @@ fn fcache_pushes_to_and_clones_from_giftless() {
     }
     let status = bob.fcache(&clone, ["status", "--json"]).success().stdout();
     assert!(!status.contains("\"in_archive\": false"), "{status}");
+
+    // A cached copy that rotted never reaches the server whole, whether or
+    // not the server checks what it receives: fcache checks the bytes as it
+    // sends them, refuses, and moves the copy aside.
+    for (name, len) in [
+        ("rotten-small.bin", 50_000usize),
+        ("rotten-large.bin", 3 << 20),
+    ] {
+        let bytes = random_bytes(len as u64, len);
+        fs::write(repo.join(name), &bytes).unwrap();
+        alice.git(&repo, ["add", name]);
+        let id = sha256_hex(&bytes);
+        let cached = alice
+            .cache
+            .join("objects")
+            .join(&id[..2])
+            .join(&id[2..4])
+            .join(format!("{id}.cache"));
+        let mut bad = bytes.clone();
+        bad[len / 2] ^= 0xff;
+        overwrite(&cached, &bad);
+    }
+    alice.git(&repo, ["commit", "-q", "-m", "rotten"]);
+    let stored = files_under(&server.root).len();
+    let push = alice.fcache(&repo, ["push"]).failure();
+    assert!(push.stderr().contains("corrupt"), "{}", push.stderr());
+    assert_eq!(files_under(&server.root).len(), stored, "{}", server.log());
+    assert_eq!(files_under(&alice.cache.join("quarantine")).len(), 2);
 }
 
 /// A raw HTTP request; returns the status code and the body.
@@ -680,7 +700,7 @@ fn serve_stops_on_sigterm_and_refuses_anonymous_remote_listening() {
     let mut server = Served::fcache(&env, &[]);
     let status = server.terminate();
     assert!(status.success(), "{status}");
-    assert!(server.log().contains("stopped"), "{}", server.log());
+    server.wait_for_log("stopped", 1);
 
     let alice = env.user("alice");
     let refused = alice

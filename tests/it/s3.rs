@@ -513,4 +513,10 @@ fn fcache_serve_keeps_its_objects_in_s3() {
     );
     assert!(fs::read(clone.join("large.bin")).unwrap() == large);
     assert_eq!(bob.git(&clone, ["status", "--porcelain"]), "");
+
+    // A server that has talked to S3 still stops cleanly on SIGTERM.
+    let mut server = server;
+    let status = server.terminate();
+    assert!(status.success(), "{status}\n{}", server.log());
+    server.wait_for_log("stopped", 1);
 }
