@@ -14,6 +14,8 @@ use crate::archive::ArchiveError;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
 
+/// The most objects one batch request may name.
+const MAX_BATCH_OBJECTS: usize = 1000;
 #[derive(Deserialize)]
 struct BatchRequest {
     operation: String,
@@ -103,6 +105,17 @@ pub(crate) async fn batch(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "only the basic transfer adapter is supported",
+        ));
+    }
+    // Each object may cost the storage a lookup: a batch is bounded, well
+    // above the 100 that Git LFS clients send.
+    if request.objects.len() > MAX_BATCH_OBJECTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} objects in one batch: at most {MAX_BATCH_OBJECTS}",
+                request.objects.len()
+            ),
         ));
     }
     let max_size = state.options.max_object_size;

@@ -191,16 +191,33 @@ impl Server {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(
+        // Requests under way when the signal comes may finish, for a while:
+        // a client that stalls must not keep the server from stopping.
+        let (fired, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = fired.send(());
+        };
+        let serve = axum::serve(
             listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+        .with_graceful_shutdown(shutdown);
+        tokio::select! {
+            served = serve => served.map_err(ServeError::Serve),
+            () = async {
+                match fired_rx.await {
+                    Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                    Err(_) => std::future::pending().await,
+                }
+            } => Ok(()),
+        }
     }
 }
+
+/// How long requests under way may take to finish once the server is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are in place when this
 /// returns (call it inside the runtime, before telling anyone the server is
