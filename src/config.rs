@@ -11,7 +11,8 @@
 //! | `FCACHE_SKIP_SMUDGE` | —                   | smudge passes markers through                     |
 //! | `FCACHE_CONCURRENT_TRANSFERS` | `fcache.concurrenttransfers` | transfers to or from the archive at once (default: the archive's own) |
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
-//! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
+//! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks): `1` to stderr, else append to that file |
+//! | `FCACHE_DEBUG_LOG`   | —                   | filter-process appends what it did per file to this file (`clean hashed PATH ID`, `clean unchanged PATH ID`, ...) |
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub skip_smudge: bool,
     /// Transfers to or from the archive at once; `None`: the archive's default.
     pub concurrent_transfers: Option<usize>,
+    /// Where filter-process logs what it did with each file.
+    pub debug_log: Option<PathBuf>,
     pub clock: Clock,
 }
 
@@ -146,7 +149,9 @@ impl Config {
             })?),
             None => Clock::System,
         };
+        let debug_log = env("FCACHE_DEBUG_LOG").map(PathBuf::from);
         Ok(Self {
+            debug_log,
             cache_dir,
             archive,
             index_format,
