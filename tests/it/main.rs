@@ -4,5 +4,6 @@
 mod common;
 mod concurrency;
 mod core;
+mod filter_process;
 mod memory;
 mod smudge;
