@@ -1,6 +1,8 @@
 //! Streaming SHA-256: content is hashed as it moves, never held whole.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
+use std::ops::{Deref, DerefMut};
 
 use sha2::{Digest, Sha256};
 
@@ -9,6 +11,54 @@ use crate::oid::ObjectId;
 /// Chunk size for streaming copies: large enough that hashing, not syscalls,
 /// is the cost; small enough that memory stays flat.
 pub const CHUNK: usize = 1 << 20;
+
+/// A `CHUNK`-sized buffer, reused within a thread: a filter process handles
+/// thousands of small files, and a fresh zeroed megabyte for each one would
+/// cost more than the files themselves.
+pub struct ChunkBuf(Option<Box<[u8]>>);
+
+thread_local! {
+    static SPARE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread; more than a few in use at once is never needed.
+const SPARE_MAX: usize = 3;
+
+impl ChunkBuf {
+    pub fn take() -> Self {
+        let spare = SPARE.with(|s| s.borrow_mut().pop());
+        Self(Some(
+            spare.unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice()),
+        ))
+    }
+}
+
+impl Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for ChunkBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            // During thread teardown the pool may be gone; then the buffer is simply freed.
+            let _ = SPARE.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARE_MAX {
+                    s.push(buf);
+                }
+            });
+        }
+    }
+}
 
 /// A writer that hashes and counts everything written through it.
 pub struct HashingWriter<W> {
@@ -54,7 +104,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Copy `reader` to `writer` in large chunks; returns bytes copied.
 pub fn copy(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = ChunkBuf::take();
     let mut total = 0u64;
     loop {
         let n = match reader.read(&mut buf) {

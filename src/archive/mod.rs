@@ -98,6 +98,14 @@ pub trait Archive: Send + Sync {
     fn parallelism(&self) -> usize {
         4
     }
+
+    /// Make every object sent so far durable, for archives where that is a
+    /// step of its own (a directory: one filesystem sync for a whole batch
+    /// rather than one fsync per object). Callers call it after a batch of
+    /// uploads, before anything refers to the objects.
+    fn flush(&self) -> Result<(), ArchiveError> {
+        Ok(())
+    }
 }
 
 /// One object, ready to be read out of the archive.
@@ -227,6 +235,7 @@ pub(crate) mod conformance {
             assert!(err.is_not_found(), "{len}: {err}");
 
             assert!(archive.put(&m, &src).unwrap(), "{len}: first put sends");
+            archive.flush().unwrap();
             assert!(
                 !archive.put(&m, &src).unwrap(),
                 "{len}: second put finds it"

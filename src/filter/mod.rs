@@ -141,8 +141,8 @@ fn compare_or_add(
             source,
         }))
     };
-    let mut theirs = vec![0u8; hashing::CHUNK];
-    let mut ours = vec![0u8; hashing::CHUNK];
+    let mut theirs = hashing::ChunkBuf::take();
+    let mut ours = hashing::ChunkBuf::take();
     let mut matched = 0u64;
     let mut in_head = true;
     // The input chunk in hand when the two differ (empty: the input ended early).
