@@ -120,6 +120,26 @@ impl<R: Read> PktReader<R> {
         Ok(Some(Packet::Data(data)))
     }
 
+    /// The next packet's header: `Ok(Err(packet))` for a special packet,
+    /// `Ok(Ok(len))` for data of `len` bytes, which the caller then reads.
+    fn read_header(
+        &mut self,
+        expected: &'static str,
+    ) -> Result<Result<usize, Packet<'static>>, PktLineError> {
+        let mut header = [0u8; 4];
+        if !Self::fill(&mut self.inner, &mut header, "in a length header", true)? {
+            return Err(PktLineError::UnexpectedEof(expected));
+        }
+        match parse_len(&header)? {
+            0 => Ok(Err(Packet::Flush)),
+            1 => Ok(Err(Packet::Delim)),
+            2 => Ok(Err(Packet::ResponseEnd)),
+            3 => Err(PktLineError::Reserved(3)),
+            n if n > MAX_PACKET => Err(PktLineError::TooLong(n)),
+            n => Ok(Ok(n - 4)),
+        }
+    }
+
     /// A packet that must be there (the input may not end here).
     fn expect_packet(&mut self, expected: &'static str) -> Result<Packet<'_>, PktLineError> {
         match self.read_packet()? {
@@ -186,19 +206,15 @@ pub struct ContentReader<'a, R> {
 }
 
 impl<R: Read> ContentReader<'_, R> {
-    /// Load the next packet into the buffer; `false` at the closing flush.
-    fn next_packet(&mut self) -> Result<bool, PktLineError> {
+    /// The next data packet's length; `None` at the closing flush.
+    fn next_len(&mut self) -> Result<Option<usize>, PktLineError> {
         loop {
-            match self.reader.expect_packet("content or a flush packet")? {
-                Packet::Flush => return Ok(false),
+            match self.reader.read_header("content or a flush packet")? {
+                Err(Packet::Flush) => return Ok(None),
                 // An empty packet carries nothing; git never sends one, but it is well formed.
-                Packet::Data([]) => continue,
-                Packet::Data(d) => {
-                    self.len = d.len();
-                    self.pos = 0;
-                    return Ok(true);
-                }
-                other => {
+                Ok(0) => continue,
+                Ok(len) => return Ok(Some(len)),
+                Err(other) => {
                     return Err(PktLineError::Unexpected {
                         expected: "content or a flush packet",
                         got: other.describe(),
@@ -206,6 +222,35 @@ impl<R: Read> ContentReader<'_, R> {
                 }
             }
         }
+    }
+
+    /// Load the next packet into the buffer; `false` at the closing flush.
+    fn next_packet(&mut self) -> Result<bool, PktLineError> {
+        let Some(len) = self.next_len()? else {
+            return Ok(false);
+        };
+        let data = &mut self.reader.buf[..len];
+        PktReader::fill(&mut self.reader.inner, data, "in a packet's data", false)?;
+        self.len = len;
+        self.pos = 0;
+        Ok(true)
+    }
+
+    /// Read whole packets straight into `out` while they fit: content then
+    /// crosses memory once, not twice. Returns bytes read; 0 at the end or
+    /// when the next packet does not fit (then it goes through the buffer).
+    fn read_direct(&mut self, out: &mut [u8]) -> Result<usize, PktLineError> {
+        let mut filled = 0;
+        while out.len() - filled >= MAX_DATA {
+            let Some(len) = self.next_len()? else {
+                self.done = true;
+                break;
+            };
+            let dest = &mut out[filled..filled + len];
+            PktReader::fill(&mut self.reader.inner, dest, "in a packet's data", false)?;
+            filled += len;
+        }
+        Ok(filled)
     }
 
     /// Read and drop whatever is left of the content, up to its flush packet.
@@ -235,6 +280,16 @@ impl<R: Read> Read for ContentReader<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.error.is_some() {
             return Err(io::Error::other("the filter protocol stream broke earlier"));
+        }
+        if self.pos == self.len && !self.done && out.len() >= MAX_DATA {
+            return match self.read_direct(out) {
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    let message = e.to_string();
+                    self.error = Some(e);
+                    Err(io::Error::other(message))
+                }
+            };
         }
         while self.pos == self.len {
             if self.done || out.is_empty() {
