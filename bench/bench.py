@@ -301,8 +301,24 @@ def one_round(tool_cls, root, fcache, workload, results, memory):
         kib = tool.peak_memory_kib()
         if kib is not None:
             memory.setdefault((tool.name, step.name), []).append(kib)
-    # Kept until the end: deleting thousands of files now would slow the
-    # file creation of the next rounds (ext4 skips recently freed inodes).
+    drop_large_files(rdir)
+
+
+def drop_large_files(rdir):
+    """Free the round's large files, so later rounds do not run with the page
+    cache full of them, but keep the small ones: deleting thousands of files
+    slows file creation in the next rounds (ext4 skips recently freed
+    inodes), and that would be measured as the tools' time. Everything goes
+    at the end."""
+    for dirpath, _, names in os.walk(rdir):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            try:
+                if os.lstat(p).st_size > MIB:
+                    os.chmod(dirpath, 0o755)
+                    os.remove(p)
+            except OSError:
+                pass
 
 
 def sha256_throughput():

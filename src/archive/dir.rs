@@ -217,12 +217,14 @@ impl Upload for DirUpload {
                 source,
             }
         };
-        let tmp_dir = self.root.join("tmp");
-        fs_err::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        // Written next to where it goes, as git does with its objects:
+        // parallel uploads then do not queue on one directory's lock.
+        let tmp_dir = self.dest.parent().expect("object paths have a parent");
+        fs_err::create_dir_all(tmp_dir).map_err(io(tmp_dir))?;
         let tmp = tempfile::Builder::new()
             .prefix("incoming-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io(&tmp_dir))?;
+            .tempfile_in(tmp_dir)
+            .map_err(io(tmp_dir))?;
         let mut input = fs_err::File::open(source).map_err(io(source))?;
         let mut writer = HashingWriter::new(tmp);
         hashing::copy(&mut input, &mut writer).map_err(io(source))?;
@@ -251,8 +253,6 @@ impl Upload for DirUpload {
         tmp.as_file()
             .set_permissions(perms)
             .map_err(io(tmp.path()))?;
-        let parent = self.dest.parent().expect("object paths have a parent");
-        fs_err::create_dir_all(parent).map_err(io(parent))?;
         tmp.persist(&self.dest)
             .map_err(|e| io(&self.dest)(e.error))?;
         self.unsynced
@@ -272,8 +272,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = DirArchive::new("test", dir.path().to_owned());
         super::super::conformance::run(&archive, true);
-        // Nothing refused was left behind in the archive's temporary area.
-        assert_eq!(fs_err::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // Nothing refused was left behind.
+        let mut leftovers = Vec::new();
+        let mut dirs = vec![dir.path().to_owned()];
+        while let Some(d) = dirs.pop() {
+            for e in fs_err::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("incoming-")
+                {
+                    leftovers.push(p);
+                }
+            }
+        }
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
