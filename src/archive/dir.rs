@@ -104,7 +104,6 @@ impl Archive for DirArchive {
                     // Absent, or cut short by a crash before it was synced.
                     _ => Ok(Some(Box::new(DirUpload {
                         location: self.location.clone(),
-                        root: self.root.clone(),
                         object: *m,
                         dest: self.object_path(&m.id),
                         unsynced: Arc::clone(&self.unsynced),
@@ -200,7 +199,6 @@ impl Download for DirDownload {
 
 struct DirUpload {
     location: String,
-    root: PathBuf,
     object: Marker,
     dest: PathBuf,
     unsynced: Arc<Mutex<Vec<PathBuf>>>,
