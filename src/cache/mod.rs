@@ -77,11 +77,21 @@ impl Cache {
     /// Start writing a new object; its identifier is known only when it is committed.
     pub fn begin_write(&self) -> Result<PendingObject, CacheError> {
         let tmp_dir = self.root.join("tmp");
-        fs_err::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-        let file = tempfile::Builder::new()
-            .prefix("incoming-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io_err(&tmp_dir))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("incoming-");
+        // Read-only from birth (the descriptor stays writable): no chmod later.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        // The directory usually exists: try first, create it only when missing,
+        // rather than asking the filesystem twice for every object.
+        let file = match builder.tempfile_in(&tmp_dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+                builder.tempfile_in(&tmp_dir)
+            }
+            other => other,
+        }
+        .map_err(io_err(&tmp_dir))?;
         Ok(PendingObject {
             writer: HashingWriter::new(file),
         })
@@ -109,15 +119,18 @@ impl Cache {
         }
         let parent = dest.parent().expect("object paths have a parent");
         fs_err::create_dir_all(parent).map_err(io_err(parent))?;
-        let mut perms = tmp
-            .as_file()
-            .metadata()
-            .map_err(io_err(tmp.path()))?
-            .permissions();
-        perms.set_readonly(true);
-        tmp.as_file()
-            .set_permissions(perms)
-            .map_err(io_err(tmp.path()))?;
+        #[cfg(not(unix))]
+        {
+            let mut perms = tmp
+                .as_file()
+                .metadata()
+                .map_err(io_err(tmp.path()))?
+                .permissions();
+            perms.set_readonly(true);
+            tmp.as_file()
+                .set_permissions(perms)
+                .map_err(io_err(tmp.path()))?;
+        }
         tmp.persist(&dest).map_err(|e| CacheError::Io {
             path: dest.clone(),
             source: e.error,
