@@ -21,7 +21,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let (stdin, stdout) = stdio()?;
     widen_pipe(&stdin);
     widen_pipe(&stdout);
-    let mut stat_cache = StatCache::open(&ctx.repo.git().path().join("fcache"));
+    let mut stat_cache = StatCache::open(&ctx.repo.stat_cache_dir());
     let mut observer = Messages {
         debug_log: match &ctx.store.config.debug_log {
             Some(path) => Some(
@@ -50,7 +50,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     );
     // Whatever happened, keep what was learnt: one save per process.
     ctx.save_index()?;
-    stat_cache.save()?;
+    stat_cache.save(workdir.as_deref())?;
     let summary = served.context("filter-process")?;
     let fetched = progress.objects.load(Ordering::Relaxed);
     if fetched > 0 {

@@ -150,7 +150,9 @@ impl StatCache {
     }
 
     /// Write what changed, merged with what other processes saved meanwhile.
-    pub fn save(&mut self) -> Result<(), StatCacheError> {
+    /// With the work tree given, entries of files no longer there are dropped,
+    /// so that the stat cache does not grow with every file ever seen.
+    pub fn save(&mut self, workdir: Option<&Path>) -> Result<(), StatCacheError> {
         if self.changed.is_empty() {
             return Ok(());
         }
@@ -166,6 +168,11 @@ impl StatCache {
         let _lock = crate::lock::exclusive(&dir.join("stat-cache.lock")).map_err(write_err)?;
         let mut merged = read(&self.path).unwrap_or_default();
         merged.extend(self.changed.drain());
+        if let Some(workdir) = workdir {
+            merged.retain(|path, _| {
+                std::fs::symlink_metadata(workdir.join(bytes_to_path(path))).is_ok()
+            });
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(".stat-cache.")
             .tempfile_in(dir)
@@ -192,6 +199,17 @@ impl StatCache {
         self.entries = merged;
         Ok(())
     }
+}
+
+#[cfg(unix)]
+fn bytes_to_path(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+#[cfg(not(unix))]
+fn bytes_to_path(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn read(path: &Path) -> Option<HashMap<Vec<u8>, Entry>> {
@@ -245,8 +263,8 @@ mod tests {
         let mut second = StatCache::open(dir.path());
         first.record(b"dir/a, with comma\n.bin", stat(1), a);
         second.record(b"b.bin", stat(1), b);
-        first.save().unwrap();
-        second.save().unwrap();
+        first.save(None).unwrap();
+        second.save(None).unwrap();
         let reopened = StatCache::open(dir.path());
         assert_eq!(reopened.len(), 2);
         assert_eq!(
@@ -265,7 +283,27 @@ mod tests {
         let mut cache = StatCache::open(dir.path());
         assert!(cache.is_empty());
         cache.record(b"x", Stat::default(), ObjectId::of_bytes(b"x"));
-        cache.save().unwrap();
+        cache.save(None).unwrap();
         assert_eq!(StatCache::open(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn entries_of_files_gone_from_the_work_tree_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let workdir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(workdir.path().join("sub")).unwrap();
+        std::fs::write(workdir.path().join("sub/kept.bin"), b"k").unwrap();
+        let mut cache = StatCache::open(dir.path());
+        cache.record(b"sub/kept.bin", Stat::default(), ObjectId::of_bytes(b"k"));
+        cache.record(b"gone.bin", Stat::default(), ObjectId::of_bytes(b"g"));
+        cache.save(Some(workdir.path())).unwrap();
+        let reopened = StatCache::open(dir.path());
+        assert_eq!(reopened.len(), 1);
+        assert!(
+            reopened
+                .candidate(b"sub/kept.bin", &Stat::default())
+                .is_some()
+        );
+        assert!(reopened.candidate(b"gone.bin", &Stat::default()).is_none());
     }
 }

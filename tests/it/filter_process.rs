@@ -451,3 +451,27 @@ fn a_malformed_packet_or_early_end_stops_the_process_with_a_clear_error() {
     assert!(!ok && out.is_empty());
     assert!(err.contains("version=3"), "{err}");
 }
+
+#[test]
+fn pull_after_a_lazy_clone_rehashes_nothing() {
+    let env = TestEnv::new();
+    let alice = env.user("alice");
+    let (remote, files) = pushed_files(&env, &alice, 30);
+    let log = env.path().join("log");
+    let bob = logging(&env.user("bob"), &log);
+    bob.with_env("FCACHE_SKIP_SMUDGE", "1").git(
+        env.path(),
+        ["clone", "-q", remote.to_str().unwrap(), "clone"],
+    );
+    let dir = env.path().join("clone");
+    fs::remove_file(&log).unwrap();
+    bob.fcache(&dir, ["pull"]).success();
+    for (name, bytes) in &files {
+        assert!(fs::read(dir.join(name)).unwrap() == *bytes, "{name}");
+    }
+    // `git update-index` re-cleaned what pull wrote: compared, not hashed.
+    let events = log_events(&log);
+    assert_eq!(count(&events, "clean unchanged"), files.len(), "{events:?}");
+    assert_eq!(count(&events, "clean hashed"), 0, "{events:?}");
+    assert_eq!(bob.git(&dir, ["status", "--porcelain"]), "");
+}
