@@ -108,9 +108,8 @@ pub fn clean_with_hint(
         return Ok(Cleaned::AlreadyMarker(m));
     }
     let known = hint.filter(|h| h.size > 0).and_then(|h| {
-        let path = store.cache.object_path(&h.id);
-        let file = File::open(&path).ok()?;
-        (file.metadata().ok()?.len() == h.size).then_some((h, file, path))
+        let file = store.cache.open_sized(&h)?;
+        Some((h, file, store.cache.object_path(&h.id)))
     });
     let outcome = match known {
         Some((hint, file, path)) => compare_or_add(store, &head, input, hint, file, &path)?,

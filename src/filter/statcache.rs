@@ -11,9 +11,11 @@
 //! because the bytes git sends need not be the file's (`git hash-object
 //! --stdin --path=...`, a renormalizing merge) and stat data cannot tell a
 //! `touch` from an edit of the same size. So an entry that is stale, racy or
-//! from another machine costs a comparison, never a wrong marker. Stat data
-//! decides which entries are worth a comparison, and the file is rewritten
-//! only when something changed.
+//! from another machine costs a comparison, never a wrong marker, and no
+//! timestamp reasoning (racy-git) is needed for correctness. The size decides
+//! which entry is worth a comparison; the rest of the stat data is kept so
+//! that an unchanged entry is not rewritten, and for a future policy that
+//! trusts it further.
 //!
 //! The file is `stat-cache.csv` in the work tree's own git directory
 //! (`.git/fcache/` for the main work tree), one row per path:
