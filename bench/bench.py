@@ -304,6 +304,7 @@ def one_round(tool_cls, root, fcache, workload, results, memory):
         elapsed = time.perf_counter() - start
         step.check(ctx)
         results.setdefault((tool.name, step.name), []).append(elapsed)
+        print(f"  {tool.name}: {step.name}: {elapsed:.3f} s", file=sys.stderr, flush=True)
         kib = tool.peak_memory_kib()
         if kib is not None:
             memory.setdefault((tool.name, step.name), []).append(kib)
