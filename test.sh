@@ -13,3 +13,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 eval "$(scripts/s3-test-server.sh env)"
 cargo test --locked "$@"
+# The benchmark against git-lfs, tiny and once, so that it keeps working
+# (the full run is bench/run.sh). Skipped when running only some tests.
+if [ $# -eq 0 ]; then
+    FCACHE_BENCH_BINARY=target/debug/fcache bench/run.sh --smoke
+fi

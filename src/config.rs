@@ -21,6 +21,8 @@
 //! | `FCACHE_NOW`         | —                   | fixed RFC 3339 time, for tests                    |
 //! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks)   |
 //! | `FCACHE_TEST_PAUSE_IN_SAVE` | —            | tests only: an index save half done creates this file and sleeps, to be killed there |
+//! | `FCACHE_REPORT_PEAK_MEMORY` | —            | print peak resident memory on exit (benchmarks): `1` to stderr, else append to that file |
+//! | `FCACHE_DEBUG_LOG`   | —                   | filter-process appends what it did per file to this file (`clean hashed PATH ID`, `clean unchanged PATH ID`, ...) |
 
 use std::fmt;
 use std::path::PathBuf;
@@ -63,6 +65,8 @@ pub struct Config {
     pub http_token: Option<String>,
     /// Never draw progress bars.
     pub no_progress: bool,
+    /// Where filter-process logs what it did with each file.
+    pub debug_log: Option<PathBuf>,
     pub clock: Clock,
 }
 
@@ -289,7 +293,9 @@ impl Config {
             })?),
             None => Clock::System,
         };
+        let debug_log = env("FCACHE_DEBUG_LOG").map(PathBuf::from);
         Ok(Self {
+            debug_log,
             cache_dir,
             archive,
             index_format,

@@ -42,6 +42,13 @@ impl Repo {
         self.git.commondir().join("fcache")
     }
 
+    /// Where this work tree's stat cache lives: `.git/fcache` for the main
+    /// work tree, the linked work tree's own git directory for the others
+    /// (paths in it are relative to one work tree).
+    pub fn stat_cache_dir(&self) -> PathBuf {
+        self.git.path().join("fcache")
+    }
+
     pub fn workdir(&self) -> Option<&Path> {
         self.git.workdir()
     }

@@ -526,8 +526,13 @@ impl Store {
             progress.object_done();
             (i, r)
         });
+        let any_sent = sent.iter().any(|(_, r)| r.is_ok());
         for (i, r) in sent {
             results[i] = Some(r.map(|()| Pushed::Sent));
+        }
+        // Durable before the push goes on to update refs that name them.
+        if any_sent {
+            self.archive.flush()?;
         }
         progress.finish();
         Ok(results

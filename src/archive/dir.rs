@@ -1,13 +1,19 @@
 //! An archive in a directory: `<root>/objects/aa/bb/<id>`, read-only files.
 //!
 //! Objects are copied in (never hardlinked, so no writable alias of a cached
-//! object can change the archive), hashed on the way, synced, then renamed
-//! into place: the archive is the copy of record.
+//! object can change the archive) to a temporary file next to where they go,
+//! hashed on the way. The archive is the copy of record, so an object gets
+//! its name only once its bytes are on disk: `flush` syncs the batch's
+//! temporary files with one filesystem sync (rather than an fsync per
+//! object), renames them into place, and syncs again so that the names last
+//! too. A crash at any point leaves each object whole under its name or not
+//! there at all (then it is sent again), never named with bytes missing.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{Archive, ArchiveError, Batch, Download, Upload};
 use crate::hashing::{self, HashingWriter};
@@ -17,6 +23,9 @@ use crate::oid::ObjectId;
 pub struct DirArchive {
     location: String,
     root: PathBuf,
+    /// Objects received since the last `flush`: their temporary files and
+    /// where they go.
+    pending: Arc<Mutex<Vec<(tempfile::TempPath, PathBuf)>>>,
 }
 
 impl DirArchive {
@@ -24,6 +33,7 @@ impl DirArchive {
         Self {
             location: location.to_owned(),
             root,
+            pending: Arc::default(),
         }
     }
 
@@ -94,12 +104,12 @@ impl Archive for DirArchive {
             .map(|m| {
                 Ok(match self.size_of(&m.id)? {
                     Some(size) if size == m.size => Ok(None),
-                    // Absent, or damaged: the right bytes replace it.
+                    // Absent, or damaged (cut short): the right bytes replace it.
                     _ => Ok(Some(Box::new(DirUpload {
                         location: self.location.clone(),
-                        root: self.root.clone(),
                         object: *m,
                         dest: self.object_path(&m.id),
+                        pending: Arc::clone(&self.pending),
                     }) as Box<dyn Upload>)),
                 })
             })
@@ -110,6 +120,50 @@ impl Archive for DirArchive {
         // A local disk gains little from more than a couple of streams.
         2
     }
+
+    fn flush(&self) -> Result<(), ArchiveError> {
+        let received = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .expect("no thread panics holding the list"),
+        );
+        let Some((first, _)) = received.first() else {
+            return Ok(());
+        };
+        // The bytes first, then the names.
+        sync_filesystem(first).map_err(io_err(&self.location, first))?;
+        let mut named = Vec::with_capacity(received.len());
+        for (tmp, dest) in received {
+            tmp.persist(&dest)
+                .map_err(|e| io_err(&self.location, &dest)(e.error))?;
+            named.push(dest);
+        }
+        sync_filesystem(&named[0]).map_err(io_err(&self.location, &named[0]))
+    }
+}
+
+/// Make everything written to the filesystem holding `path` durable: one
+/// `syncfs` for a whole batch of files and their directory entries.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
+    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Elsewhere: sync the file and its directory.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 struct DirDownload {
@@ -134,7 +188,7 @@ impl Download for DirDownload {
             .map_err(io_err(&self.location, &self.path))?;
         let mut file = file.take(range.end.saturating_sub(range.start));
         // Tell apart a failing read of the archive from a failing write of the sink.
-        let mut buf = vec![0u8; hashing::CHUNK];
+        let mut buf = hashing::ChunkBuf::take();
         let mut total = 0u64;
         loop {
             let n = match file.read(&mut buf) {
@@ -156,9 +210,9 @@ impl Download for DirDownload {
 
 struct DirUpload {
     location: String,
-    root: PathBuf,
     object: Marker,
     dest: PathBuf,
+    pending: Arc<Mutex<Vec<(tempfile::TempPath, PathBuf)>>>,
 }
 
 impl Upload for DirUpload {
@@ -172,12 +226,14 @@ impl Upload for DirUpload {
                 source,
             }
         };
-        let tmp_dir = self.root.join("tmp");
-        fs_err::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        // Written next to where it goes, as git does with its objects:
+        // parallel uploads then do not queue on one directory's lock.
+        let tmp_dir = self.dest.parent().expect("object paths have a parent");
+        fs_err::create_dir_all(tmp_dir).map_err(io(tmp_dir))?;
         let tmp = tempfile::Builder::new()
             .prefix("incoming-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io(&tmp_dir))?;
+            .tempfile_in(tmp_dir)
+            .map_err(io(tmp_dir))?;
         let mut input = fs_err::File::open(source).map_err(io(source))?;
         let mut writer = HashingWriter::new(tmp);
         hashing::copy(&mut input, &mut writer).map_err(io(source))?;
@@ -197,8 +253,6 @@ impl Upload for DirUpload {
                 actual: len,
             });
         }
-        // The archive is the copy of record: on disk before it is in place.
-        tmp.as_file().sync_all().map_err(io(tmp.path()))?;
         let mut perms = tmp
             .as_file()
             .metadata()
@@ -208,10 +262,11 @@ impl Upload for DirUpload {
         tmp.as_file()
             .set_permissions(perms)
             .map_err(io(tmp.path()))?;
-        let parent = self.dest.parent().expect("object paths have a parent");
-        fs_err::create_dir_all(parent).map_err(io(parent))?;
-        tmp.persist(&self.dest)
-            .map_err(|e| io(&self.dest)(e.error))?;
+        // Named at `flush`, once the bytes are on disk.
+        self.pending
+            .lock()
+            .expect("no thread panics holding the list")
+            .push((tmp.into_temp_path(), self.dest.clone()));
         Ok(())
     }
 }
@@ -252,7 +307,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = DirArchive::new("test", dir.path().to_owned());
         super::super::conformance::run(&archive, true);
-        // Nothing refused was left behind in the archive's temporary area.
-        assert_eq!(fs_err::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // Nothing refused was left behind.
+        let mut leftovers = Vec::new();
+        let mut dirs = vec![dir.path().to_owned()];
+        while let Some(d) = dirs.pop() {
+            for e in fs_err::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("incoming-")
+                {
+                    leftovers.push(p);
+                }
+            }
+        }
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn an_object_cut_short_by_a_crash_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive: &dyn Archive = &DirArchive::new("test", dir.path().to_owned());
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"precious bytes").unwrap();
+        let m = Marker::new(ObjectId::of_bytes(b"precious bytes"), 14);
+        assert!(archive.put(&m, &src).unwrap());
+        archive.flush().unwrap();
+        // What a crash between rename and sync can leave: the name, no data.
+        let path = dir.path().join("objects").join(m.id.fan_out_path(""));
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(archive.put(&m, &src).unwrap(), "a short object is replaced");
+        let mut out = Vec::new();
+        archive.get(&m, &mut out).unwrap();
+        assert_eq!(out, b"precious bytes");
     }
 }

@@ -107,6 +107,15 @@ pub trait Archive: Send + Sync {
     fn parallelism(&self) -> usize {
         4
     }
+
+    /// Make every object sent so far durable and visible, for archives where
+    /// that is a step of its own (a directory: one filesystem sync for a
+    /// whole batch rather than one fsync per object). Callers call it after
+    /// a batch of uploads, before anything relies on the objects (a ref that
+    /// names them, an eviction from the cache).
+    fn flush(&self) -> Result<(), ArchiveError> {
+        Ok(())
+    }
 }
 
 /// One object, ready to be read out of the archive.
@@ -122,7 +131,8 @@ pub trait Download: Send + Sync {
 pub trait Upload: Send + Sync {
     /// Send the object's content from the file `source`. The archive refuses
     /// content that does not hash to the identifier or has the wrong size,
-    /// and stores nothing for it.
+    /// and stores nothing for it. The archive holds the object for sure only
+    /// after `Archive::flush`.
     fn send(&self, source: &Path) -> Result<(), ArchiveError>;
 }
 
@@ -137,11 +147,15 @@ impl dyn Archive + '_ {
         download.read(0..object.size, sink)
     }
 
-    /// Store the object whose content is in `source`, unless the archive has it.
-    /// Returns whether it was sent.
+    /// Store the object whose content is in `source`, unless the archive has
+    /// it, durably (`flush` included). Returns whether it was sent.
     pub fn put(&self, object: &Marker, source: &Path) -> Result<bool, ArchiveError> {
         match one(self.uploads(std::slice::from_ref(object))?)? {
-            Some(upload) => upload.send(source).map(|()| true),
+            Some(upload) => {
+                upload.send(source)?;
+                self.flush()?;
+                Ok(true)
+            }
             None => Ok(false),
         }
     }
@@ -287,6 +301,7 @@ pub(crate) mod conformance {
             assert!(err.is_not_found(), "{len}: {err}");
 
             assert!(archive.put(&m, &src).unwrap(), "{len}: first put sends");
+            archive.flush().unwrap();
             assert!(
                 !archive.put(&m, &src).unwrap(),
                 "{len}: second put finds it"

@@ -83,6 +83,7 @@ pub fn collect(
                 continue;
             }
         };
+        let mut missing = Vec::new();
         for (m, held) in markers.iter().zip(held) {
             if held {
                 archived.insert(m.id);
@@ -90,20 +91,52 @@ pub fn collect(
                 report.archived.push(m.id);
                 archived.insert(m.id);
             } else {
-                match archive.put(m, &cache.object_path(&m.id)) {
-                    Ok(_) => {
-                        report.archived.push(m.id);
-                        archived.insert(m.id);
-                    }
-                    // Gone meanwhile: another gc evicted it, so the archive has it.
-                    Err(_) if !cache.contains(&m.id) => {}
-                    // The archive verifies what it receives: this copy rotted.
-                    Err(ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. }) => {
-                        report.quarantined.push((m.id, cache.quarantine(&m.id)?));
-                    }
-                    Err(e) => {
-                        why_kept.insert(m.id, one_line(&e));
-                    }
+                missing.push(*m);
+            }
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        // Send what the archive lacks, the whole batch made durable at once
+        // before anything counts as archived.
+        let uploads = match archive.uploads(&missing) {
+            Ok(uploads) => uploads,
+            Err(e) => {
+                let reason = one_line(&e);
+                for m in &missing {
+                    why_kept.insert(m.id, reason.clone());
+                }
+                continue;
+            }
+        };
+        let mut sent = Vec::new();
+        for (m, upload) in missing.iter().zip(uploads) {
+            let result = upload.and_then(|u| match u {
+                Some(u) => u.send(&cache.object_path(&m.id)),
+                None => Ok(()), // stored meanwhile by someone else
+            });
+            match result {
+                Ok(()) => sent.push(m.id),
+                // Gone meanwhile: another gc evicted it, so the archive has it.
+                Err(_) if !cache.contains(&m.id) => {}
+                // The archive verifies what it receives: this copy rotted.
+                Err(ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. }) => {
+                    report.quarantined.push((m.id, cache.quarantine(&m.id)?));
+                }
+                Err(e) => {
+                    why_kept.insert(m.id, one_line(&e));
+                }
+            }
+        }
+        match archive.flush() {
+            Ok(()) => {
+                archived.extend(sent.iter().copied());
+                report.archived.extend(sent);
+            }
+            Err(e) => {
+                let reason = one_line(&e);
+                for id in sent {
+                    why_kept.insert(id, reason.clone());
                 }
             }
         }

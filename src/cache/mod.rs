@@ -145,11 +145,21 @@ impl Cache {
     /// Start writing a new object; its identifier is known only when it is committed.
     pub fn begin_write(&self) -> Result<PendingObject, CacheError> {
         let tmp_dir = self.tmp_dir();
-        fs_err::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-        let file = tempfile::Builder::new()
-            .prefix("incoming-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io_err(&tmp_dir))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("incoming-");
+        // Read-only from birth (the descriptor stays writable): no chmod later.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        // The directory usually exists: try first, create it only when missing,
+        // rather than asking the filesystem twice for every object.
+        let file = match builder.tempfile_in(&tmp_dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+                builder.tempfile_in(&tmp_dir)
+            }
+            other => other,
+        }
+        .map_err(io_err(&tmp_dir))?;
         Ok(PendingObject {
             writer: HashingWriter::new(file),
         })
@@ -181,15 +191,18 @@ impl Cache {
         }
         let parent = dest.parent().expect("object paths have a parent");
         fs_err::create_dir_all(parent).map_err(io_err(parent))?;
-        let mut perms = tmp
-            .as_file()
-            .metadata()
-            .map_err(io_err(tmp.path()))?
-            .permissions();
-        perms.set_readonly(true);
-        tmp.as_file()
-            .set_permissions(perms)
-            .map_err(io_err(tmp.path()))?;
+        #[cfg(not(unix))]
+        {
+            let mut perms = tmp
+                .as_file()
+                .metadata()
+                .map_err(io_err(tmp.path()))?
+                .permissions();
+            perms.set_readonly(true);
+            tmp.as_file()
+                .set_permissions(perms)
+                .map_err(io_err(tmp.path()))?;
+        }
         let mut file = tmp.persist(&dest).map_err(|e| CacheError::Io {
             path: dest.clone(),
             source: e.error,
@@ -222,6 +235,14 @@ impl Cache {
     fn stamp(&self, file: &File) {
         // Best effort: a stamp that fails only makes the object look older.
         let _ = file.set_modified(SystemTime::from(self.clock.current_time()));
+    }
+
+    /// Open an object without hashing it, if it is there with the marker's
+    /// size: only for an object the caller itself verified moments ago (a
+    /// file in place is only ever replaced, by rename, with verified content).
+    pub fn open_sized(&self, marker: &crate::marker::Marker) -> Option<File> {
+        let file = File::open(self.object_path(&marker.id)).ok()?;
+        (file.metadata().ok()?.len() == marker.size).then_some(file)
     }
 
     /// Open an object after checking that its content hashes to its identifier.

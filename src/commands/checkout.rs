@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 
 use super::Context;
 use super::smudge::missing_warning;
+use crate::filter::statcache::{Stat, StatCache};
 use crate::hashing;
 use crate::marker::Marker;
 use crate::repo::file_holds_marker;
@@ -21,6 +22,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let now = ctx.store.config.clock.current_time();
     let mut restored = Vec::new();
     let mut missing = 0usize;
+    let mut stat_cache = StatCache::open(&ctx.repo.stat_cache_dir());
     for (path, m, mode) in ctx.repo.index_markers()? {
         let file = workdir.join(&path);
         // Only a file that still holds exactly git's marker is replaced: never
@@ -42,9 +44,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         };
         replace(&file, &m, content, mode)?;
+        // git re-cleans the file below: it then compares with the object
+        // instead of hashing it again.
+        if let Some(stat) = Stat::of(&file) {
+            stat_cache.record(path.as_os_str().as_encoded_bytes(), stat, m.id);
+        }
         restored.push(path);
     }
     ctx.finish()?;
+    stat_cache.save(Some(&workdir))?;
     update_git_index(&workdir, &restored)?;
     eprintln!("fcache: checked out {} file(s)", restored.len());
     if missing > 0 {

@@ -12,9 +12,11 @@ const PRE_PUSH: &str = include_str!("../../hooks/pre-push");
 const HOOK_SIGNATURE: &str = "# Installed by fcache";
 const HOOKS: [(&str, &str); 1] = [("pre-push", PRE_PUSH)];
 
-const FILTER: [(&str, &str); 3] = [
+const FILTER: [(&str, &str); 4] = [
     ("filter.fcache.clean", "fcache clean -- %f"),
     ("filter.fcache.smudge", "fcache smudge -- %f"),
+    // git prefers the long-running process when it is set: one fcache for all files.
+    ("filter.fcache.process", "fcache filter-process"),
     ("filter.fcache.required", "true"),
 ];
 

@@ -4,6 +4,7 @@ mod cat;
 mod checkout;
 mod clean;
 mod fetch;
+mod filter_process;
 mod fsck;
 mod gc;
 mod index;
@@ -63,6 +64,8 @@ enum Command {
     Clean { path: Option<PathBuf> },
     /// Git smudge filter: marker on stdin, content on stdout.
     Smudge { path: Option<PathBuf> },
+    /// Git's long-running filter protocol (clean, smudge, delay) on stdin/stdout.
+    FilterProcess,
     /// The objects this repository knows and where they are.
     Status {
         #[arg(long)]
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Untrack { patterns } => track::untrack(&patterns),
         Command::Clean { path } => clean::run(path),
         Command::Smudge { path } => smudge::run(path),
+        Command::FilterProcess => filter_process::run(),
         Command::Status { json } => status::run(json),
         Command::Cat { path_or_id } => cat::run(&path_or_id),
         Command::Push { all, remote, url } => push::run(all, remote, url),

@@ -115,8 +115,16 @@ impl Db {
 /// Whether the file holds fcache's table: a new file holds nothing yet
 /// (`false`); anything else must be ours.
 fn check_schema(path: &Path, conn: &Connection) -> Result<bool, IndexError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
+    // One statement, one snapshot: another process may be creating the
+    // table right now, and the version and the table must be seen together.
+    let (version, objects, has_table): (i64, i64, bool) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), \
+                    (SELECT count(*) FROM sqlite_schema), \
+                    (SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'entries') > 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .map_err(|e| sql_error(path, e))?;
     if version > VERSION {
         return Err(IndexError::UnsupportedVersion {
@@ -125,13 +133,6 @@ fn check_schema(path: &Path, conn: &Connection) -> Result<bool, IndexError> {
             supported: VERSION,
         });
     }
-    let count = |sql: &str| -> Result<i64, IndexError> {
-        conn.query_row(sql, [], |r| r.get(0))
-            .map_err(|e| sql_error(path, e))
-    };
-    let objects = count("SELECT count(*) FROM sqlite_schema")?;
-    let has_table =
-        count("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'entries'")? > 0;
     let corrupt = |reason: String| IndexError::Corrupt {
         path: path.to_owned(),
         at: None,

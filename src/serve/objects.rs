@@ -328,12 +328,9 @@ pub(crate) async fn upload(
     }
     let archive = state.archive.clone();
     blocking(move || -> Result<(), ArchiveError> {
-        let stored = match archive.uploads(std::slice::from_ref(&m))?.pop() {
-            // Another upload of the same object finished first.
-            Some(Ok(None)) | None => Ok(()),
-            Some(Ok(Some(upload))) => upload.send(tmp.path()),
-            Some(Err(e)) => Err(e),
-        };
+        // Another upload of the same object may have finished first: then
+        // nothing is sent. Stored means durable before the client hears so.
+        let stored = archive.put(&m, tmp.path()).map(drop);
         drop(tmp);
         stored
     })

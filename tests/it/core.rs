@@ -369,8 +369,12 @@ fn install_is_idempotent_and_respects_existing_hooks() {
         env.path(),
         ["config", "--global", "--get-regexp", "^filter\\.fcache"],
     );
-    assert_eq!(config.lines().count(), 3, "{config}");
+    assert_eq!(config.lines().count(), 4, "{config}");
     assert!(config.contains("filter.fcache.required true"), "{config}");
+    assert!(
+        config.contains("filter.fcache.process fcache filter-process"),
+        "{config}"
+    );
 
     let repo = alice.repo(&env, "repo", &[]);
     let hook = repo.join(".git/hooks/pre-push");

@@ -4,6 +4,7 @@
 mod common;
 mod concurrency;
 mod core;
+mod filter_process;
 mod http;
 mod index_formats;
 mod limits;
