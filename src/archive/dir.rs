@@ -26,6 +26,9 @@ pub struct DirArchive {
     /// Objects received since the last `flush`: their temporary files and
     /// where they go.
     pending: Arc<Mutex<Vec<(tempfile::TempPath, PathBuf)>>>,
+    /// Held through a whole `flush`: one that finds nothing pending may only
+    /// return once a flush under way, which may hold its objects, is done.
+    flushing: Mutex<()>,
 }
 
 impl DirArchive {
@@ -34,6 +37,7 @@ impl DirArchive {
             location: location.to_owned(),
             root,
             pending: Arc::default(),
+            flushing: Mutex::new(()),
         }
     }
 
@@ -122,6 +126,7 @@ impl Archive for DirArchive {
     }
 
     fn flush(&self) -> Result<(), ArchiveError> {
+        let _flushing = self.flushing.lock().expect("no thread panics flushing");
         let received = std::mem::take(
             &mut *self
                 .pending
@@ -274,6 +279,30 @@ impl Upload for DirUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_is_held_as_soon_as_its_put_returns_whatever_runs_alongside() {
+        // A put's flush that finds nothing pending must still wait for a
+        // flush under way that took its object (as in `fcache serve`).
+        let dir = tempfile::tempdir().unwrap();
+        let archive = DirArchive::new("test", dir.path().join("archive"));
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let (archive, dir) = (&archive, dir.path());
+                s.spawn(move || {
+                    let archive: &dyn Archive = archive;
+                    for i in 0..60u8 {
+                        let bytes = vec![t, i, 7];
+                        let m = Marker::new(ObjectId::of_bytes(&bytes), 3);
+                        let src = dir.join(format!("src-{t}-{i}"));
+                        fs_err::write(&src, &bytes).unwrap();
+                        assert!(archive.put(&m, &src).unwrap());
+                        assert!(archive.contains(&m).unwrap(), "{t}/{i} not held after put");
+                    }
+                });
+            }
+        });
+    }
 
     #[test]
     fn a_damaged_object_is_not_held_and_a_put_repairs_it() {
