@@ -23,13 +23,49 @@ use crate::oid::ObjectId;
 pub struct DirArchive {
     location: String,
     root: PathBuf,
-    /// Objects received since the last `flush`: their temporary files and
-    /// where they go.
-    pending: Arc<Mutex<Vec<(tempfile::TempPath, PathBuf)>>>,
-    /// Held through a whole `flush`: one that finds nothing pending may only
-    /// return once a flush under way, which may hold its objects, is done.
-    flushing: Mutex<()>,
+    /// Objects received and not yet named.
+    pending: Arc<Pending>,
 }
+
+/// Objects received by uploads and waiting for `flush` to make them durable
+/// and name them. Flushes may run at once (`fcache serve` flushes each
+/// upload): one that finds its objects taken by another waits for that one.
+#[derive(Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    finished: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PendingState {
+    /// Received and not yet taken by a flush, with their sequence numbers.
+    received: Vec<(u64, tempfile::TempPath, PathBuf)>,
+    /// The next object's sequence number.
+    next: u64,
+    /// Taken by a flush that has not finished yet.
+    in_flight: std::collections::BTreeSet<u64>,
+    /// Objects a flush failed to name.
+    failed: std::collections::BTreeSet<u64>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.state
+            .lock()
+            .expect("no thread panics holding the list")
+    }
+
+    fn add(&self, tmp: tempfile::TempPath, dest: PathBuf) {
+        let mut state = self.lock();
+        let seq = state.next;
+        state.next += 1;
+        state.received.push((seq, tmp, dest));
+    }
+}
+
+/// Up to this many objects a flush syncs one by one; more, with one
+/// filesystem sync for them all.
+const SYNC_EACH_UP_TO: usize = 4;
 
 impl DirArchive {
     pub fn new(location: &str, root: PathBuf) -> Self {
@@ -37,7 +73,6 @@ impl DirArchive {
             location: location.to_owned(),
             root,
             pending: Arc::default(),
-            flushing: Mutex::new(()),
         }
     }
 
@@ -126,25 +161,92 @@ impl Archive for DirArchive {
     }
 
     fn flush(&self) -> Result<(), ArchiveError> {
-        let _flushing = self.flushing.lock().expect("no thread panics flushing");
-        let received = std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .expect("no thread panics holding the list"),
-        );
-        let Some((first, _)) = received.first() else {
-            return Ok(());
+        // Everything received before this call is owed: taken here, or by
+        // flushes already under way, which this one then waits for.
+        let (received, owed) = {
+            let mut state = self.pending.lock();
+            let received = std::mem::take(&mut state.received);
+            state
+                .in_flight
+                .extend(received.iter().map(|(seq, _, _)| *seq));
+            (received, state.next)
         };
-        // The bytes first, then the names.
-        sync_filesystem(first).map_err(io_err(&self.location, first))?;
-        let mut named = Vec::with_capacity(received.len());
+        let seqs: Vec<u64> = received.iter().map(|(seq, _, _)| *seq).collect();
+        let named = if received.is_empty() {
+            Ok(())
+        } else {
+            self.name_durably(received.into_iter().map(|(_, t, d)| (t, d)).collect())
+        };
+        let mut state = self.pending.lock();
+        for seq in &seqs {
+            state.in_flight.remove(seq);
+            if named.is_err() {
+                state.failed.insert(*seq);
+            }
+        }
+        self.pending.finished.notify_all();
+        named?;
+        while state.in_flight.first().is_some_and(|&seq| seq < owed) {
+            state = self
+                .pending
+                .finished
+                .wait(state)
+                .expect("no thread panics holding the list");
+        }
+        if state.failed.first().is_some_and(|&seq| seq < owed) {
+            return Err(ArchiveError::Remote {
+                archive: self.location.clone(),
+                message: "a flush running alongside could not store its objects; send again"
+                    .to_owned(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl DirArchive {
+    /// Make the objects' bytes durable, then give them their names, then
+    /// make the names durable: a crash leaves each whole or absent.
+    fn name_durably(
+        &self,
+        received: Vec<(tempfile::TempPath, PathBuf)>,
+    ) -> Result<(), ArchiveError> {
+        let loc = self.location.as_str();
+        if received.len() <= SYNC_EACH_UP_TO {
+            // A few objects (one upload to `fcache serve`): an fsync each is
+            // cheaper than syncing the whole filesystem.
+            let mut dirs = Vec::new();
+            for (tmp, dest) in received {
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(loc, &tmp))?;
+                tmp.persist(&dest)
+                    .map_err(|e| io_err(loc, &dest)(e.error))?;
+                let dir = dest
+                    .parent()
+                    .expect("object paths have a parent")
+                    .to_owned();
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+            for dir in dirs {
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(loc, &dir))?;
+            }
+            return Ok(());
+        }
+        let first = received[0].0.to_path_buf();
+        sync_filesystem(&first).map_err(io_err(loc, &first))?;
+        let mut last = first;
         for (tmp, dest) in received {
             tmp.persist(&dest)
-                .map_err(|e| io_err(&self.location, &dest)(e.error))?;
-            named.push(dest);
+                .map_err(|e| io_err(loc, &dest)(e.error))?;
+            last = dest;
         }
-        sync_filesystem(&named[0]).map_err(io_err(&self.location, &named[0]))
+        sync_filesystem(&last).map_err(io_err(loc, &last))
     }
 }
 
@@ -217,7 +319,7 @@ struct DirUpload {
     location: String,
     object: Marker,
     dest: PathBuf,
-    pending: Arc<Mutex<Vec<(tempfile::TempPath, PathBuf)>>>,
+    pending: Arc<Pending>,
 }
 
 impl Upload for DirUpload {
@@ -268,10 +370,7 @@ impl Upload for DirUpload {
             .set_permissions(perms)
             .map_err(io(tmp.path()))?;
         // Named at `flush`, once the bytes are on disk.
-        self.pending
-            .lock()
-            .expect("no thread panics holding the list")
-            .push((tmp.into_temp_path(), self.dest.clone()));
+        self.pending.add(tmp.into_temp_path(), self.dest.clone());
         Ok(())
     }
 }
