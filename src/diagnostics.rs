@@ -9,7 +9,7 @@ pub fn peak_memory_kib() -> Option<u64> {
 }
 
 /// An error and its causes on one line: "what failed: why: why that".
-pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -101,13 +101,7 @@ impl Messages {
 
 impl Observer for Messages {
     fn failed(&mut self, command: &str, path: &str, error: &dyn std::error::Error) {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
+        let message = crate::diagnostics::one_line(error);
         eprintln!("fcache: error: {command} {path}: {message}");
         self.log(format_args!("{command} failed {path}"));
     }

@@ -190,7 +190,12 @@ fn fetcher(
             // batch is unavailable for that reason.
             Err(e) => markers
                 .iter()
-                .map(|m| (m.id, unavailable(store, m.id, chain(&e))))
+                .map(|m| {
+                    (
+                        m.id,
+                        unavailable(store, m.id, crate::diagnostics::one_line(&e)),
+                    )
+                })
                 .collect(),
         };
         let done = markers
@@ -214,18 +219,6 @@ fn fetcher(
             return;
         }
     }
-}
-
-/// An error, whole chain included, as the reason an object is unavailable.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 fn unavailable(store: &Store, id: ObjectId, message: String) -> Unavailable {

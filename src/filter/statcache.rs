@@ -172,7 +172,7 @@ impl StatCache {
         merged.extend(self.changed.drain());
         if let Some(workdir) = workdir {
             merged.retain(|path, _| {
-                std::fs::symlink_metadata(workdir.join(bytes_to_path(path))).is_ok()
+                std::fs::symlink_metadata(workdir.join(crate::repo::bytes_to_path(path))).is_ok()
             });
         }
         let mut tmp = tempfile::Builder::new()
@@ -201,17 +201,6 @@ impl StatCache {
         self.entries = merged;
         Ok(())
     }
-}
-
-#[cfg(unix)]
-fn bytes_to_path(bytes: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
-}
-
-#[cfg(not(unix))]
-fn bytes_to_path(bytes: &[u8]) -> PathBuf {
-    PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn read(path: &Path) -> Option<HashMap<Vec<u8>, Entry>> {

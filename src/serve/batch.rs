@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking, describe};
+use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking};
 use crate::archive::ArchiveError;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
@@ -228,10 +228,13 @@ fn object_error(e: &ArchiveError) -> ObjectError {
             422,
             &format!("the stored object with this oid has {actual} bytes"),
         ),
-        other => error(500, &describe(other)),
+        other => error(500, &crate::diagnostics::one_line(other)),
     }
 }
 
 pub(super) fn archive_failure(e: ArchiveError) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, describe(&e))
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        crate::diagnostics::one_line(&e),
+    )
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::batch::archive_failure;
-use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking, describe};
+use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking};
 use crate::archive::{ArchiveError, Download};
 use crate::hashing::HashingWriter;
 use crate::marker::Marker;
@@ -166,7 +166,7 @@ pub(crate) async fn download(
             }
             Err(ArchiveError::Sink { .. }) => {}
             Err(e) => {
-                let _ = tx.blocking_send(Err(io::Error::other(describe(&e))));
+                let _ = tx.blocking_send(Err(io::Error::other(crate::diagnostics::one_line(&e))));
             }
         }
     });
@@ -336,9 +336,10 @@ pub(crate) async fn upload(
     })
     .await?
     .map_err(|e| match e {
-        ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, describe(&e))
-        }
+        ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            crate::diagnostics::one_line(&e),
+        ),
         e => archive_failure(e),
     })?;
     Ok(StatusCode::OK)
