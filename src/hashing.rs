@@ -256,6 +256,30 @@ pub fn copy(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
     }
 }
 
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `copy`, telling a failing read from a failing write: a bad cache file
+/// is one file's failure, a closed pipe to git is everyone's.
+pub fn copy_apart(reader: &mut dyn Read, writer: &mut dyn Write) -> Result<u64, CopyError> {
+    let mut buf = ChunkBuf::take();
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
 /// Hash everything `reader` yields.
 pub fn hash_reader(reader: &mut dyn Read) -> io::Result<(ObjectId, u64)> {
     let mut sink = HashingWriter::new(io::sink());

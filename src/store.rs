@@ -151,11 +151,22 @@ impl Store {
     /// evicted later; an object larger than the whole limit then leaves the
     /// cache again.
     pub fn add(&self, prefix: &[u8], input: &mut dyn Read) -> Result<Marker, StoreError> {
+        self.add_healing(prefix, input, None)
+    }
+
+    /// `add`, where the cached copy of `suspect` is known to be damaged: if
+    /// the input is that object, its bytes replace the damaged copy.
+    pub fn add_healing(
+        &self,
+        prefix: &[u8],
+        input: &mut dyn Read,
+        suspect: Option<&ObjectId>,
+    ) -> Result<Marker, StoreError> {
         let lock = self.shared()?;
         let mut pending = self.cache.begin_write()?;
         io::Write::write_all(&mut pending, prefix).map_err(StoreError::Input)?;
         hashing::copy(input, &mut pending).map_err(StoreError::Input)?;
-        let committed = self.cache.commit(pending, None)?;
+        let committed = self.cache.commit_healing(pending, None, suspect)?;
         let m = Marker::new(committed.id, committed.size);
         drop(committed.file);
         let limits = self.config.limits;
@@ -464,13 +475,26 @@ impl Store {
             (m, r)
         });
         for (m, r) in results {
-            if let Err(reason) = r?.map(drop) {
-                unavailable.push(Unavailable {
-                    id: m.id,
-                    reason,
-                    quarantined: None,
-                });
-            }
+            // One object's trouble on this side (a lock that timed out, a
+            // full disk) is that object's, not the whole batch's.
+            let reason = match r {
+                Ok(Ok(_)) => continue,
+                Ok(Err(reason)) => reason,
+                Err(e) => ArchiveError::Remote {
+                    archive: self.archive.location().to_owned(),
+                    message: format!(
+                        "could not put object {} in the cache: {}",
+                        m.id,
+                        one_line(&e)
+                    ),
+                    source: None,
+                },
+            };
+            unavailable.push(Unavailable {
+                id: m.id,
+                reason,
+                quarantined: None,
+            });
         }
         progress.finish();
         Ok(unavailable)

@@ -173,6 +173,17 @@ impl Cache {
         pending: PendingObject,
         expected: Option<&ObjectId>,
     ) -> Result<Committed, CacheError> {
+        self.commit_healing(pending, expected, None)
+    }
+
+    /// `commit`, but if the content turns out to be `suspect`, whose cached
+    /// copy is known to be damaged, the new, verified bytes replace it.
+    pub fn commit_healing(
+        &self,
+        pending: PendingObject,
+        expected: Option<&ObjectId>,
+        suspect: Option<&ObjectId>,
+    ) -> Result<Committed, CacheError> {
         let (id, size, tmp) = pending.writer.finish();
         if let Some(expected) = expected
             && *expected != id
@@ -183,7 +194,8 @@ impl Cache {
             });
         }
         let dest = self.object_path(&id);
-        if let Ok(file) = File::open(&dest)
+        if suspect != Some(&id)
+            && let Ok(file) = File::open(&dest)
             && file.metadata().is_ok_and(|m| m.len() == size)
         {
             self.stamp(&file);
@@ -230,6 +242,11 @@ impl Cache {
         if let Ok(file) = File::open(self.object_path(id)) {
             self.stamp(&file);
         }
+    }
+
+    /// `touch` for an object already open.
+    pub fn touch_open(&self, file: &File) {
+        self.stamp(file);
     }
 
     fn stamp(&self, file: &File) {

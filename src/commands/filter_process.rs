@@ -53,9 +53,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
     );
     // Whatever happened, keep what was learnt: one save per process (and
     // the cache kept within its limits, notices told).
-    ctx.finish()?;
-    stat_cache.save(workdir.as_deref())?;
+    let finished = ctx.finish();
+    // The stat cache only saves work later: losing it is worth a warning.
+    if let Err(e) = stat_cache.save(workdir.as_deref()) {
+        eprintln!("fcache: warning: {}", crate::diagnostics::one_line(&e));
+    }
+    // The process's own failure first, then the saves'.
     let summary = served.context("filter-process")?;
+    finished?;
     let fetched = progress.objects.load(Ordering::Relaxed);
     if fetched > 0 {
         eprintln!(

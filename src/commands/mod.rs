@@ -181,11 +181,14 @@ impl Context {
     /// The end of every command that used objects: save the index, keep the
     /// cache within its limits, and tell the user what they should know.
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.index.save()?;
+        // Each step runs whatever the one before did; the first failure is
+        // the one reported.
+        let saved = self.index.save();
         let enforced = self.store.finish();
         for notice in self.store.take_notices() {
             eprintln!("fcache: warning: {notice}");
         }
+        saved?;
         enforced?;
         Ok(())
     }

@@ -24,6 +24,12 @@ pub enum FilterError {
     Input(#[source] io::Error),
     #[error("cannot write to git")]
     Output(#[source] io::Error),
+    #[error("cannot read the cached copy of object {id}")]
+    ReadObject {
+        id: ObjectId,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "object {id} is not in the cache and could not be fetched: {reason}; fcache.strict is set, so this fails (run `fcache pull` once the archive has it)"
     )]
@@ -165,6 +171,8 @@ fn compare_or_add(
         matched += n as u64;
     };
     let Some(chunk) = differing else {
+        // A use of the object, for least-recently-used eviction.
+        store.cache.touch_open(&object);
         return Ok(Cleaned::Known(hint));
     };
     // Not the object: the content is the object's first `matched` bytes, the
@@ -172,7 +180,21 @@ fn compare_or_add(
     object.rewind().map_err(cache_err)?;
     let mut prefix = (&mut object).take(matched);
     let mut content = (&mut prefix).chain(chunk).chain(input);
-    Ok(Cleaned::Stored(store.add(&[], &mut content)?))
+    // Should the content hash to the hint after all, the cached copy (same
+    // size, other bytes) is damaged: these bytes replace it.
+    Ok(Cleaned::Stored(store.add_healing(
+        &[],
+        &mut content,
+        Some(&hint.id),
+    )?))
+}
+
+/// A failed copy of an object to git, as the filter's error.
+pub(crate) fn read_or_write(id: ObjectId, e: hashing::CopyError) -> FilterError {
+    match e {
+        hashing::CopyError::Read(source) => FilterError::ReadObject { id, source },
+        hashing::CopyError::Write(e) => FilterError::Output(e),
+    }
 }
 
 pub fn smudge(
@@ -185,7 +207,10 @@ pub fn smudge(
     let (head, parsed) = peek(input)?;
     let Some(m) = parsed else {
         output.write_all(&head).map_err(FilterError::Output)?;
-        hashing::copy(input, output).map_err(FilterError::Output)?;
+        hashing::copy_apart(input, output).map_err(|e| match e {
+            hashing::CopyError::Read(e) => FilterError::Input(e),
+            hashing::CopyError::Write(e) => FilterError::Output(e),
+        })?;
         return Ok(Smudged::PassedThrough);
     };
     if store.config.skip_smudge {
@@ -198,7 +223,7 @@ pub fn smudge(
     }
     match store.get(&m)? {
         Ok(mut v) => {
-            io::copy(&mut v.file, output).map_err(FilterError::Output)?;
+            hashing::copy_apart(&mut v.file, output).map_err(|e| read_or_write(m.id, e))?;
             Ok(Smudged::Restored(m))
         }
         Err(unavailable) if store.config.strict => Err(FilterError::StrictMissing {

@@ -429,9 +429,9 @@ impl Session<'_> {
             // into the cache moments ago: no need to hash it a second time.
             Some(None) if let Some(mut file) = self.f.store.cache.open_sized(&m) => {
                 self.f.index.touch(m.id, m.size, now);
-                match hashing::copy(&mut file, &mut out) {
+                match hashing::copy_apart(&mut file, &mut out) {
                     Ok(_) => Ok(Smudged::Restored(m)),
-                    Err(e) => Err(FilterError::Output(e)),
+                    Err(e) => Err(super::read_or_write(m.id, e)),
                 }
             }
             // Otherwise read (and verify) it as usual.

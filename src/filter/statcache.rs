@@ -75,8 +75,16 @@ impl Stat {
         use std::os::unix::fs::MetadataExt;
         Stat {
             size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            // Wrapping: a date past 2262 must not panic; the value only
+            // needs to change when the file's time does.
+            mtime_ns: meta
+                .mtime()
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(meta.mtime_nsec()),
+            ctime_ns: meta
+                .ctime()
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(meta.ctime_nsec()),
             inode: meta.ino(),
         }
     }

@@ -475,3 +475,36 @@ fn pull_after_a_lazy_clone_rehashes_nothing() {
     assert_eq!(count(&events, "clean hashed"), 0, "{events:?}");
     assert_eq!(bob.git(&dir, ["status", "--porcelain"]), "");
 }
+
+#[test]
+fn a_damaged_cached_copy_named_by_a_hint_is_healed_by_the_next_clean() {
+    let env = TestEnv::new();
+    let log = env.path().join("log");
+    let alice = logging(&env.user("alice"), &log);
+    let repo = alice.repo(&env, "repo", &["*.bin"]);
+    let data = random_bytes(77, 300_000);
+    fs::write(repo.join("a.bin"), &data).unwrap();
+    alice.git(&repo, ["add", "."]);
+    alice.git(&repo, ["commit", "-q", "-m", "data"]);
+    // The cached copy rots in place: same size, other bytes.
+    let object = alice.cached_objects().pop().unwrap();
+    let mut rotten = data.clone();
+    rotten[150_000] ^= 0x55;
+    overwrite(&object, &rotten);
+
+    // git looks at the file again; the hint names the damaged copy, the
+    // comparison differs, the bytes hash to the same identifier after all.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(repo.join("a.bin"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(alice.git(&repo, ["status", "--porcelain"]), "");
+    assert!(
+        fs::read(&object).unwrap() == data,
+        "the damaged copy stayed"
+    );
+    alice.fcache(&repo, ["fsck"]).success();
+}

@@ -456,6 +456,7 @@ fn fcache_pushes_to_and_clones_from_giftless() {
     // A cached copy that rotted never reaches the server whole, whether or
     // not the server checks what it receives: fcache checks the bytes as it
     // sends them, refuses, and moves the copy aside.
+    let mut rotten = Vec::new();
     for (name, len) in [
         ("rotten-small.bin", 50_000usize),
         ("rotten-large.bin", 3 << 20),
@@ -463,7 +464,12 @@ fn fcache_pushes_to_and_clones_from_giftless() {
         let bytes = random_bytes(len as u64, len);
         fs::write(repo.join(name), &bytes).unwrap();
         alice.git(&repo, ["add", name]);
-        let id = sha256_hex(&bytes);
+        rotten.push(bytes);
+    }
+    alice.git(&repo, ["commit", "-q", "-m", "rotten"]);
+    // They rot after the commit: a clean of the same bytes would heal them.
+    for bytes in &rotten {
+        let id = sha256_hex(bytes);
         let cached = alice
             .cache
             .join("objects")
@@ -471,10 +477,9 @@ fn fcache_pushes_to_and_clones_from_giftless() {
             .join(&id[2..4])
             .join(format!("{id}.cache"));
         let mut bad = bytes.clone();
-        bad[len / 2] ^= 0xff;
+        bad[bytes.len() / 2] ^= 0xff;
         overwrite(&cached, &bad);
     }
-    alice.git(&repo, ["commit", "-q", "-m", "rotten"]);
     let stored = files_under(&server.root).len();
     let push = alice.fcache(&repo, ["push"]).failure();
     assert!(push.stderr().contains("corrupt"), "{}", push.stderr());
