@@ -85,7 +85,9 @@ enum FetchMsg {
     Go,
 }
 
-type Fetched = Vec<(Marker, Option<Unavailable>)>;
+/// Per object: why it could not be had, if so, and whether this process
+/// downloaded it (and so verified every byte of it moments ago).
+type Fetched = Vec<(Marker, Option<Unavailable>, bool)>;
 
 /// Serve git on `input`/`output` until git closes the stream.
 pub fn serve(
@@ -98,10 +100,12 @@ pub fn serve(
     let caps = handshake(&mut reader, &mut writer)?;
     let store = filter.store;
     let progress = filter.progress;
+    let over = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (to_fetcher, queue) = mpsc::channel::<FetchMsg>();
         let (fetched_tx, fetched) = mpsc::channel::<Fetched>();
-        scope.spawn(move || fetcher(store, progress, queue, fetched_tx));
+        let over = &over;
+        scope.spawn(move || fetcher(store, progress, queue, fetched_tx, over));
         let mut session = Session {
             f: filter,
             caps,
@@ -112,10 +116,15 @@ pub fn serve(
             requested: HashSet::new(),
             outstanding: 0,
             results: HashMap::new(),
+            downloaded: HashSet::new(),
             announced: HashSet::new(),
         };
-        // The fetcher ends when `session` (holding the sender) is dropped.
-        session.run(&mut reader, &mut writer)
+        // The fetcher ends when `session` (holding the sender) is dropped,
+        // without starting on what is still queued: nobody will collect it.
+        let served = session.run(&mut reader, &mut writer);
+        over.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(session);
+        served
     })
 }
 
@@ -175,6 +184,7 @@ fn fetcher(
     progress: &dyn Progress,
     queue: mpsc::Receiver<FetchMsg>,
     fetched: mpsc::Sender<Fetched>,
+    over: &std::sync::atomic::AtomicBool,
 ) {
     let batch_size = store.archive.batch_size().max(1);
     let mut batch: Vec<Marker> = Vec::new();
@@ -183,6 +193,13 @@ fn fetcher(
             return true;
         }
         let markers = std::mem::take(batch);
+        // Objects already cached were put there by someone else: smudge
+        // verifies those as usual.
+        let present: HashSet<ObjectId> = markers
+            .iter()
+            .filter(|m| store.cache.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
         let mut failed: HashMap<ObjectId, Unavailable> = match store.fetch_many(&markers, progress)
         {
             Ok(unavailable) => unavailable.into_iter().map(|u| (u.id, u)).collect(),
@@ -202,12 +219,16 @@ fn fetcher(
             .into_iter()
             .map(|m| {
                 let u = failed.remove(&m.id);
-                (m, u)
+                let downloaded = u.is_none() && !present.contains(&m.id);
+                (m, u, downloaded)
             })
             .collect();
         fetched.send(done).is_ok()
     };
     while let Ok(msg) = queue.recv() {
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let go = match msg {
             FetchMsg::Fetch(m) => {
                 batch.push(m);
@@ -247,6 +268,8 @@ struct Session<'a> {
     outstanding: usize,
     /// Fetch results: `None` fetched, `Some` why not.
     results: HashMap<ObjectId, Option<Unavailable>>,
+    /// Objects this process downloaded and verified itself.
+    downloaded: HashSet<ObjectId>,
     /// Delayed paths already listed as available to git.
     announced: HashSet<Vec<u8>>,
 }
@@ -427,7 +450,10 @@ impl Session<'_> {
         let result = match self.results.get(&m.id) {
             // Fetched by this process, which verified every byte on the way
             // into the cache moments ago: no need to hash it a second time.
-            Some(None) if let Some(mut file) = self.f.store.cache.open_sized(&m) => {
+            Some(None)
+                if self.downloaded.contains(&m.id)
+                    && let Some(mut file) = self.f.store.cache.open_sized(&m) =>
+            {
                 self.f.index.touch(m.id, m.size, now);
                 match hashing::copy_apart(&mut file, &mut out) {
                     Ok(_) => Ok(Smudged::Restored(m)),
@@ -536,8 +562,11 @@ impl Session<'_> {
     }
 
     fn take_results(&mut self, done: Fetched) {
-        for (m, u) in done {
+        for (m, u, downloaded) in done {
             self.outstanding = self.outstanding.saturating_sub(1);
+            if downloaded {
+                self.downloaded.insert(m.id);
+            }
             self.results.insert(m.id, u);
         }
     }
