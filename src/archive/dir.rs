@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{Archive, ArchiveError, Batch, Download, Upload};
+use super::{Archive, ArchiveError, Batch, Download, Upload, check_stored};
 use crate::hashing::{self, HashingWriter};
 use crate::marker::Marker;
 use crate::oid::ObjectId;
@@ -116,23 +116,14 @@ impl Archive for DirArchive {
         objects
             .iter()
             .map(|m| {
-                Ok(match self.size_of(&m.id)? {
-                    None => Err(ArchiveError::NotFound {
-                        archive: self.location.clone(),
-                        id: m.id,
-                    }),
-                    Some(actual) if actual != m.size => Err(ArchiveError::WrongSize {
-                        archive: self.location.clone(),
-                        id: m.id,
-                        expected: m.size,
-                        actual,
-                    }),
-                    Some(_) => Ok(Box::new(DirDownload {
+                let stored = self.size_of(&m.id)?;
+                Ok(check_stored(&self.location, m, stored).map(|()| {
+                    Box::new(DirDownload {
                         location: self.location.clone(),
                         id: m.id,
                         path: self.object_path(&m.id),
-                    }) as Box<dyn Download>),
-                })
+                    }) as Box<dyn Download>
+                }))
             })
             .collect()
     }

@@ -161,6 +161,28 @@ impl dyn Archive + '_ {
     }
 }
 
+/// Whether an object stored with `stored` bytes (`None`: absent) can be
+/// handed out for `object`: absent is `NotFound`, the wrong size is damage.
+pub(crate) fn check_stored(
+    archive: &str,
+    object: &Marker,
+    stored: Option<u64>,
+) -> Result<(), ArchiveError> {
+    match stored {
+        None => Err(ArchiveError::NotFound {
+            archive: archive.to_owned(),
+            id: object.id,
+        }),
+        Some(actual) if actual != object.size => Err(ArchiveError::WrongSize {
+            archive: archive.to_owned(),
+            id: object.id,
+            expected: object.size,
+            actual,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 fn one<T>(batch: Batch<T>) -> Result<T, ArchiveError> {
     batch
         .into_iter()

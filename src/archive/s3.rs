@@ -47,7 +47,7 @@ use object_store::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{Archive, ArchiveError, Batch, Download, OwnedRuntime, Upload};
+use super::{Archive, ArchiveError, Batch, Download, OwnedRuntime, Upload, check_stored};
 use crate::config::S3Settings;
 use crate::hashing;
 use crate::marker::Marker;
@@ -292,22 +292,14 @@ impl Archive for S3Archive {
         Ok(objects
             .iter()
             .zip(self.sizes(objects)?)
-            .map(|(m, size)| match size {
-                None => Err(ArchiveError::NotFound {
-                    archive: self.location.clone(),
-                    id: m.id,
-                }),
-                Some(actual) if actual != m.size => Err(ArchiveError::WrongSize {
-                    archive: self.location.clone(),
-                    id: m.id,
-                    expected: m.size,
-                    actual,
-                }),
-                Some(_) => Ok(Box::new(S3Download {
-                    client: Arc::clone(&client),
-                    key: self.key(&m.id),
-                    id: m.id,
-                }) as Box<dyn Download>),
+            .map(|(m, size)| {
+                check_stored(&self.location, m, size).map(|()| {
+                    Box::new(S3Download {
+                        client: Arc::clone(&client),
+                        key: self.key(&m.id),
+                        id: m.id,
+                    }) as Box<dyn Download>
+                })
             })
             .collect())
     }
