@@ -364,6 +364,33 @@ impl Upload for DirUpload {
         self.pending.add(tmp.into_temp_path(), self.dest.clone());
         Ok(())
     }
+
+    fn adopt(self: Box<Self>, file: tempfile::TempPath) -> Result<(), ArchiveError> {
+        let loc = self.location.as_str();
+        let dir = self.dest.parent().expect("object paths have a parent");
+        fs_err::create_dir_all(dir).map_err(io_err(loc, dir))?;
+        let mut perms = fs_err::metadata(&file)
+            .map_err(io_err(loc, &file))?
+            .permissions();
+        perms.set_readonly(true);
+        fs_err::set_permissions(&file, perms).map_err(io_err(loc, &file))?;
+        // Moved next to where it goes under a temporary name, so that
+        // `flush` names it with a rename that cannot cross filesystems.
+        let moved = tempfile::Builder::new()
+            .prefix("incoming-")
+            .make_in(dir, |path| std::fs::rename(&file, path));
+        match moved {
+            Ok(moved) => {
+                // The file lives on under its new name; the old one is gone.
+                let _ = file.keep();
+                self.pending.add(moved.into_temp_path(), self.dest.clone());
+                Ok(())
+            }
+            // Another filesystem: copied (and hashed once more) instead.
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => self.send(&file),
+            Err(e) => Err(io_err(loc, dir)(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +446,35 @@ mod tests {
         );
         assert!(archive.contains(&m).unwrap());
         assert_eq!(fs_err::read(&stored).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_adopted_file_is_moved_in_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive: &dyn Archive = &DirArchive::new("test", dir.path().join("archive"));
+        let bytes = b"checked by the caller".to_vec();
+        let m = Marker::new(ObjectId::of_bytes(&bytes), bytes.len() as u64);
+        let received = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        fs_err::write(received.path(), &bytes).unwrap();
+        let received = received.into_temp_path();
+        let from = received.to_path_buf();
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs_err::metadata(&from).unwrap());
+        assert!(archive.put_checked(&m, received).unwrap());
+        assert!(!from.exists(), "the file was moved");
+        let stored = dir
+            .path()
+            .join("archive/objects")
+            .join(m.id.fan_out_path(""));
+        let meta = fs_err::metadata(&stored).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), inode);
+        assert!(meta.permissions().readonly());
+        let mut out = Vec::new();
+        archive.get(&m, &mut out).unwrap();
+        assert_eq!(out, bytes);
+        // Held already: nothing is taken.
+        let again = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        fs_err::write(again.path(), &bytes).unwrap();
+        assert!(!archive.put_checked(&m, again.into_temp_path()).unwrap());
     }
 
     #[test]

@@ -134,6 +134,15 @@ pub trait Upload: Send + Sync {
     /// and stores nothing for it. The archive holds the object for sure only
     /// after `Archive::flush`.
     fn send(&self, source: &Path) -> Result<(), ArchiveError>;
+
+    /// Send the object from `file`, a temporary file whose content the
+    /// caller has already checked against the identifier and size (as
+    /// `fcache serve` does while receiving it). An archive that can take the
+    /// file itself (a directory on the same filesystem: a rename) does so
+    /// instead of copying and hashing it again; any other sends it.
+    fn adopt(self: Box<Self>, file: tempfile::TempPath) -> Result<(), ArchiveError> {
+        self.send(&file)
+    }
 }
 
 impl dyn Archive + '_ {
@@ -153,6 +162,24 @@ impl dyn Archive + '_ {
         match one(self.uploads(std::slice::from_ref(object))?)? {
             Some(upload) => {
                 upload.send(source)?;
+                self.flush()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// `put` for content already checked against `object` and held in a
+    /// temporary file, which the archive may take instead of copying
+    /// (`Upload::adopt`). Returns whether it was sent.
+    pub fn put_checked(
+        &self,
+        object: &Marker,
+        file: tempfile::TempPath,
+    ) -> Result<bool, ArchiveError> {
+        match one(self.uploads(std::slice::from_ref(object))?)? {
+            Some(upload) => {
+                upload.adopt(file)?;
                 self.flush()?;
                 Ok(true)
             }

@@ -330,9 +330,9 @@ pub(crate) async fn upload(
     blocking(move || -> Result<(), ArchiveError> {
         // Another upload of the same object may have finished first: then
         // nothing is sent. Stored means durable before the client hears so.
-        let stored = archive.put(&m, tmp.path()).map(drop);
-        drop(tmp);
-        stored
+        // The bytes were checked above: a directory archive takes the file
+        // as it is rather than copying and hashing it again.
+        archive.put_checked(&m, tmp.into_temp_path()).map(drop)
     })
     .await?
     .map_err(|e| match e {
