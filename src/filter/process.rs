@@ -7,7 +7,10 @@
 //! object must come from the archive is answered `status=delayed`; a fetcher
 //! thread downloads such objects in batches, several at once
 //! (`Store::fetch_many`), while git goes on with other files, and git gets
-//! them back through `list_available_blobs`.
+//! them back through `list_available_blobs`. A large object that is cached is
+//! delayed too: a verifier thread checks it against its identifier (which
+//! must happen before git gets a byte of it) while git writes the other
+//! files, instead of git waiting for the check.
 //!
 //! A failure on one file answers that file `status=error` and the process
 //! carries on; only a broken protocol stream ends it. Nothing but protocol
@@ -79,6 +82,11 @@ pub struct Filter<'a> {
     pub observer: &'a mut dyn Observer,
 }
 
+/// Cached objects from this size on are verified ahead, on the verifier
+/// thread, while git goes on; smaller ones are checked as git asks for them,
+/// which costs less than the extra round trip.
+const VERIFY_AHEAD_FROM: u64 = 8 << 20;
+
 enum FetchMsg {
     Fetch(Marker),
     /// git asked for what is available: fetch whatever is queued now.
@@ -86,7 +94,7 @@ enum FetchMsg {
 }
 
 /// Per object: why it could not be had, if so, and whether this process
-/// downloaded it (and so verified every byte of it moments ago).
+/// verified every byte of it moments ago (it downloaded or checked it).
 type Fetched = Vec<(Marker, Option<Unavailable>, bool)>;
 
 /// Serve git on `input`/`output` until git closes the stream.
@@ -103,24 +111,29 @@ pub fn serve(
     let over = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (to_fetcher, queue) = mpsc::channel::<FetchMsg>();
+        let (to_verifier, verify_queue) = mpsc::channel::<Marker>();
         let (fetched_tx, fetched) = mpsc::channel::<Fetched>();
         let over = &over;
+        let verified_tx = fetched_tx.clone();
         scope.spawn(move || fetcher(store, progress, queue, fetched_tx, over));
+        scope.spawn(move || verifier(store, verify_queue, verified_tx, over));
         let mut session = Session {
             f: filter,
             caps,
             summary: Summary::default(),
             to_fetcher,
+            to_verifier,
             fetched,
             delayed: HashMap::new(),
             requested: HashSet::new(),
             outstanding: 0,
             results: HashMap::new(),
-            downloaded: HashSet::new(),
+            verified: HashSet::new(),
             announced: HashSet::new(),
         };
-        // The fetcher ends when `session` (holding the sender) is dropped,
-        // without starting on what is still queued: nobody will collect it.
+        // The fetcher and the verifier end when `session` (holding their
+        // senders) is dropped, without starting on what is still queued:
+        // nobody will collect it.
         let served = session.run(&mut reader, &mut writer);
         over.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(session);
@@ -242,6 +255,32 @@ fn fetcher(
     }
 }
 
+/// Verifies large cached objects ahead of git's asking for them, one at a
+/// time, as they come: `Store::get` checks the object against its identifier
+/// (a damaged copy is quarantined and fetched again from the archive).
+fn verifier(
+    store: &Store,
+    queue: mpsc::Receiver<Marker>,
+    verified: mpsc::Sender<Fetched>,
+    over: &std::sync::atomic::AtomicBool,
+) {
+    while let Ok(m) = queue.recv() {
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let result = match store.get(&m) {
+            Ok(Ok(_)) => (m, None, true),
+            Ok(Err(unavailable)) => (m, Some(unavailable), false),
+            // Trouble on this side (a lock that timed out, a full disk):
+            // smudge meets it again when git asks, and fails that file.
+            Err(_) => (m, None, false),
+        };
+        if verified.send(vec![result]).is_err() {
+            return;
+        }
+    }
+}
+
 fn unavailable(store: &Store, id: ObjectId, message: String) -> Unavailable {
     Unavailable {
         id,
@@ -259,17 +298,18 @@ struct Session<'a> {
     caps: Caps,
     summary: Summary,
     to_fetcher: mpsc::Sender<FetchMsg>,
+    to_verifier: mpsc::Sender<Marker>,
     fetched: mpsc::Receiver<Fetched>,
     /// Delayed paths git has not had back yet, with their markers.
     delayed: HashMap<Vec<u8>, Marker>,
-    /// Objects handed to the fetcher.
+    /// Objects handed to the fetcher or the verifier.
     requested: HashSet<ObjectId>,
     /// Of those, how many have no result yet.
     outstanding: usize,
     /// Fetch results: `None` fetched, `Some` why not.
     results: HashMap<ObjectId, Option<Unavailable>>,
-    /// Objects this process downloaded and verified itself.
-    downloaded: HashSet<ObjectId>,
+    /// Objects this process downloaded or verified itself.
+    verified: HashSet<ObjectId>,
     /// Delayed paths already listed as available to git.
     announced: HashSet<Vec<u8>>,
 }
@@ -410,13 +450,18 @@ impl Session<'_> {
             && !self.f.store.config.skip_smudge
             && let Some(m) = spooled.marker()
             && m.size > 0
-            && !self.f.store.cache.contains(&m.id)
+            && let cached = self.f.store.cache.contains(&m.id)
+            && (!cached || m.size >= VERIFY_AHEAD_FROM)
         {
             self.delayed.insert(req.pathname.clone(), m);
             if self.requested.insert(m.id) {
                 self.outstanding += 1;
-                // The fetcher only stops when we drop the sender.
-                let _ = self.to_fetcher.send(FetchMsg::Fetch(m));
+                // Both threads only stop when we drop the senders.
+                if cached {
+                    let _ = self.to_verifier.send(m);
+                } else {
+                    let _ = self.to_fetcher.send(FetchMsg::Fetch(m));
+                }
             }
             self.summary.delayed += 1;
             self.f.observer.delayed(&shown, &m);
@@ -448,10 +493,10 @@ impl Session<'_> {
         let strict = self.f.store.config.strict;
         let mut out = ContentWriter::after_status(writer, "status=success");
         let result = match self.results.get(&m.id) {
-            // Fetched by this process, which verified every byte on the way
-            // into the cache moments ago: no need to hash it a second time.
+            // Downloaded or checked by this process, which verified every
+            // byte moments ago: no need to hash it a second time.
             Some(None)
-                if self.downloaded.contains(&m.id)
+                if self.verified.contains(&m.id)
                     && let Some(mut file) = self.f.store.cache.open_sized(&m) =>
             {
                 self.f.index.touch(m.id, m.size, now);
@@ -562,10 +607,10 @@ impl Session<'_> {
     }
 
     fn take_results(&mut self, done: Fetched) {
-        for (m, u, downloaded) in done {
+        for (m, u, verified) in done {
             self.outstanding = self.outstanding.saturating_sub(1);
-            if downloaded {
-                self.downloaded.insert(m.id);
+            if verified {
+                self.verified.insert(m.id);
             }
             self.results.insert(m.id, u);
         }

@@ -508,3 +508,91 @@ fn a_damaged_cached_copy_named_by_a_hint_is_healed_by_the_next_clean() {
     );
     alice.fcache(&repo, ["fsck"]).success();
 }
+
+#[test]
+fn a_large_cached_object_is_verified_ahead_while_git_writes_the_others() {
+    let env = TestEnv::new();
+    let log = env.path().join("log");
+    let alice = logging(&env.user("alice"), &log);
+    let repo = alice.repo(&env, "repo", &["*.bin"]);
+    let big = random_bytes(5, (8 << 20) + 3);
+    let big_id = sha256_hex(&big);
+    fs::write(repo.join("big.bin"), &big).unwrap();
+    let small: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("s{i:02}.bin"),
+                random_bytes(50 + i, 2000 + i as usize),
+            )
+        })
+        .collect();
+    for (name, bytes) in &small {
+        fs::write(repo.join(name), bytes).unwrap();
+    }
+    alice.git(&repo, ["add", "."]);
+    alice.git(&repo, ["commit", "-q", "-m", "data"]);
+    alice.fcache(&repo, ["push", "--all"]).success();
+    let remove_all = || {
+        fs::remove_file(repo.join("big.bin")).unwrap();
+        for (name, _) in &small {
+            fs::remove_file(repo.join(name)).unwrap();
+        }
+    };
+
+    // From the cache: only the large object is delayed (to be checked on
+    // the verifier thread); every file comes back whole.
+    remove_all();
+    fs::remove_file(&log).unwrap();
+    alice.git(&repo, ["checkout", "--", "."]);
+    let events = log_events(&log);
+    assert_eq!(count(&events, "smudge delayed"), 1, "{events:?}");
+    assert!(
+        events.contains(&("smudge delayed".to_owned(), "big.bin".to_owned())),
+        "{events:?}"
+    );
+    assert!(fs::read(repo.join("big.bin")).unwrap() == big);
+    for (name, bytes) in &small {
+        assert!(fs::read(repo.join(name)).unwrap() == *bytes, "{name}");
+    }
+    assert_eq!(alice.git(&repo, ["status", "--porcelain"]), "");
+
+    // A damaged cached copy is caught by the check ahead: quarantined, and
+    // fetched again from the archive before git gets a byte of it.
+    let object = alice
+        .cached_objects()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&big_id))
+        .unwrap();
+    let mut rotten = big.clone();
+    rotten[1 << 20] ^= 0x01;
+    overwrite(&object, &rotten);
+    remove_all();
+    alice.git(&repo, ["checkout", "--", "."]);
+    assert!(fs::read(repo.join("big.bin")).unwrap() == big);
+    assert_eq!(files_under(&alice.cache.join("quarantine")).len(), 1);
+
+    // Damaged again, and the archive lost it too: the marker stays, with a
+    // warning naming the file and the identifier; the others are restored.
+    overwrite(&object, &rotten);
+    let archived = env
+        .archive
+        .join("objects")
+        .join(&big_id[0..2])
+        .join(&big_id[2..4])
+        .join(&big_id);
+    fs::remove_file(&archived).unwrap();
+    remove_all();
+    let run = alice.run("git", &repo, ["checkout", "--", "."]).success();
+    assert_eq!(
+        fs::read_to_string(repo.join("big.bin")).unwrap(),
+        marker_for(&big)
+    );
+    for (name, bytes) in &small {
+        assert!(fs::read(repo.join(name)).unwrap() == *bytes, "{name}");
+    }
+    let warning = run.stderr();
+    assert!(
+        warning.contains("big.bin") && warning.contains(&big_id),
+        "{warning}"
+    );
+}
