@@ -28,8 +28,11 @@ pub struct DirArchive {
 }
 
 /// Objects received by uploads and waiting for `flush` to make them durable
-/// and name them. Flushes may run at once (`fcache serve` flushes each
-/// upload): one that finds its objects taken by another waits for that one.
+/// and name them. Flushes may be called at once (`fcache serve` flushes each
+/// upload); they commit as a group: one at a time syncs and names everything
+/// received so far, and the others wait for it (their objects are then done)
+/// or take over whatever arrived meanwhile. Syncs running side by side would
+/// each pay for a journal commit; one sync for the lot pays once.
 #[derive(Default)]
 struct Pending {
     state: Mutex<PendingState>,
@@ -38,12 +41,14 @@ struct Pending {
 
 #[derive(Default)]
 struct PendingState {
-    /// Received and not yet taken by a flush, with their sequence numbers.
+    /// Received and not yet taken by a flush, in sequence order.
     received: Vec<(u64, tempfile::TempPath, PathBuf)>,
     /// The next object's sequence number.
     next: u64,
-    /// Taken by a flush that has not finished yet.
-    in_flight: std::collections::BTreeSet<u64>,
+    /// Every object numbered below this is done: named, or failed.
+    done_below: u64,
+    /// A flush is syncing and naming objects now.
+    syncing: bool,
     /// Objects a flush failed to name.
     failed: std::collections::BTreeSet<u64>,
 }
@@ -62,10 +67,6 @@ impl Pending {
         state.received.push((seq, tmp, dest));
     }
 }
-
-/// Up to this many objects a flush syncs one by one; more, with one
-/// filesystem sync for them all.
-const SYNC_EACH_UP_TO: usize = 4;
 
 impl DirArchive {
     pub fn new(location: &str, root: PathBuf) -> Self {
@@ -152,39 +153,38 @@ impl Archive for DirArchive {
     }
 
     fn flush(&self) -> Result<(), ArchiveError> {
-        // Everything received before this call is owed: taken here, or by
-        // flushes already under way, which this one then waits for.
-        let (received, owed) = {
-            let mut state = self.pending.lock();
-            let received = std::mem::take(&mut state.received);
-            state
-                .in_flight
-                .extend(received.iter().map(|(seq, _, _)| *seq));
-            (received, state.next)
-        };
-        let seqs: Vec<u64> = received.iter().map(|(seq, _, _)| *seq).collect();
-        let named = if received.is_empty() {
-            Ok(())
-        } else {
-            self.name_durably(received.into_iter().map(|(_, t, d)| (t, d)).collect())
-        };
+        // Everything received before this call is owed: synced and named
+        // here, or by the flush under way, which this one then waits for.
         let mut state = self.pending.lock();
-        for seq in &seqs {
-            state.in_flight.remove(seq);
-            if named.is_err() {
-                state.failed.insert(*seq);
+        // Objects below `from` were done before this call, and their own
+        // flushes reported how; a failure there is not this call's.
+        let (from, owed) = (state.done_below, state.next);
+        while state.done_below < owed {
+            if state.syncing {
+                state = self
+                    .pending
+                    .finished
+                    .wait(state)
+                    .expect("no thread panics holding the list");
+                continue;
             }
+            // Lead: take everything received so far, this call's and others'.
+            let received = std::mem::take(&mut state.received);
+            let upto = state.next;
+            state.syncing = true;
+            drop(state);
+            let seqs: Vec<u64> = received.iter().map(|(seq, _, _)| *seq).collect();
+            let named = self.name_durably(received.into_iter().map(|(_, t, d)| (t, d)).collect());
+            state = self.pending.lock();
+            state.syncing = false;
+            state.done_below = upto;
+            if named.is_err() {
+                state.failed.extend(seqs);
+            }
+            self.pending.finished.notify_all();
+            named?;
         }
-        self.pending.finished.notify_all();
-        named?;
-        while state.in_flight.first().is_some_and(|&seq| seq < owed) {
-            state = self
-                .pending
-                .finished
-                .wait(state)
-                .expect("no thread panics holding the list");
-        }
-        if state.failed.first().is_some_and(|&seq| seq < owed) {
+        if state.failed.range(from..owed).next().is_some() {
             return Err(ArchiveError::Remote {
                 archive: self.location.clone(),
                 message: "a flush running alongside could not store its objects; send again"
@@ -204,30 +204,20 @@ impl DirArchive {
         received: Vec<(tempfile::TempPath, PathBuf)>,
     ) -> Result<(), ArchiveError> {
         let loc = self.location.as_str();
-        if received.len() <= SYNC_EACH_UP_TO {
-            // A few objects (one upload to `fcache serve`): an fsync each is
+        if received.len() == 1 {
+            // One object (an upload to `fcache serve` with nothing else
+            // arriving meanwhile): an fsync of it and of its directory is
             // cheaper than syncing the whole filesystem.
-            let mut dirs = Vec::new();
-            for (tmp, dest) in received {
-                File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_err(loc, &tmp))?;
-                tmp.persist(&dest)
-                    .map_err(|e| io_err(loc, &dest)(e.error))?;
-                let dir = dest
-                    .parent()
-                    .expect("object paths have a parent")
-                    .to_owned();
-                if !dirs.contains(&dir) {
-                    dirs.push(dir);
-                }
-            }
-            for dir in dirs {
-                File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(loc, &dir))?;
-            }
-            return Ok(());
+            let (tmp, dest) = received.into_iter().next().expect("one object");
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(loc, &tmp))?;
+            tmp.persist(&dest)
+                .map_err(|e| io_err(loc, &dest)(e.error))?;
+            let dir = dest.parent().expect("object paths have a parent");
+            return File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(loc, dir));
         }
         let first = received[0].0.to_path_buf();
         sync_filesystem(&first).map_err(io_err(loc, &first))?;
@@ -419,6 +409,32 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_failed_flush_fails_its_own_puts_not_later_ones() {
+        // `fcache serve` keeps one archive for its whole life: an object
+        // that could not be stored once must not fail every upload after it.
+        let dir = tempfile::tempdir().unwrap();
+        let archive: &dyn Archive = &DirArchive::new("test", dir.path().join("archive"));
+        let put = |bytes: &[u8]| {
+            let m = Marker::new(ObjectId::of_bytes(bytes), bytes.len() as u64);
+            let src = dir.path().join("src");
+            fs_err::write(&src, bytes).unwrap();
+            (m, archive.put(&m, &src))
+        };
+        // A directory stands where the first object goes: naming it fails.
+        let blocked = b"blocked";
+        let path = dir
+            .path()
+            .join("archive/objects")
+            .join(ObjectId::of_bytes(blocked).fan_out_path(""));
+        fs_err::create_dir_all(path.join("in-the-way")).unwrap();
+        let (_, failed) = put(blocked);
+        assert!(failed.is_err());
+        let (m, stored) = put(b"fine");
+        assert!(stored.unwrap());
+        assert!(archive.contains(&m).unwrap());
     }
 
     #[test]
