@@ -178,11 +178,12 @@ pub(crate) async fn batch(
             let answer = &mut answers[*i];
             match result {
                 Ok(None) => {}
+                // No `verify` action: an upload is answered 200 only once
+                // the object is checked and durable, so a verify request
+                // would tell the client nothing more and cost a round trip
+                // per object. The endpoint stays for clients that call it.
                 Ok(Some(_)) => {
                     answer.actions.insert("upload", action(href(m)));
-                    answer
-                        .actions
-                        .insert("verify", action(format!("{base}/objects/verify")));
                 }
                 Err(e) => answer.error = Some(object_error(&e)),
             }

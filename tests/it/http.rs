@@ -660,6 +660,37 @@ fn server_refuses_bad_uploads_and_stores_nothing() {
     );
     assert_eq!(status, 200);
     assert!(body == content);
+    // Batch answers carry no verify action, but the endpoint answers those
+    // who call it: 200 for a stored object, 404 for one that is not.
+    let verify = |oid: &str, size: usize| {
+        let request = format!(r#"{{"oid":"{oid}","size":{size}}}"#);
+        http(
+            &server.url,
+            "POST",
+            "/objects/verify",
+            &auth,
+            request.as_bytes(),
+        )
+        .0
+    };
+    assert_eq!(verify(&id, content.len()), 200);
+    assert_eq!(verify(&sha256_hex(b"absent"), 6), 404);
+    let upload = format!(
+        r#"{{"operation":"upload","transfers":["basic"],"objects":[{{"oid":"{}","size":6}}]}}"#,
+        sha256_hex(b"absent")
+    );
+    let (status, body) = text(http(
+        &server.url,
+        "POST",
+        "/objects/batch",
+        &auth,
+        upload.as_bytes(),
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"upload\"") && !body.contains("\"verify\""),
+        "{body}"
+    );
 }
 
 #[test]
