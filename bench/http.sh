@@ -68,8 +68,8 @@ stop_server() {
 }
 
 # One run for one client: prints "push clone lazy-clone+pull" seconds.
-run_client() { # $1: fcache | git-lfs, $2: run directory
-    local client=$1 dir=$2
+run_client() { # $1: fcache | git-lfs, $2: run directory, $3: run number
+    local client=$1 dir=$2 i=$3
     mkdir -p "$dir"
     start_server "$dir/archive"
     local author=$dir/author reader=$dir/reader lazy=$dir/lazy
@@ -146,22 +146,27 @@ run_client() { # $1: fcache | git-lfs, $2: run directory
     diff -r "$work/data/small" "$dir/clone/small" >/dev/null
     diff -r "$work/data/small" "$dir/lazy-clone/small" >/dev/null
     stop_server
-    echo "$(elapsed "$t0" "$t1") $(elapsed "$t4" "$t5") $(elapsed "$t5" "$t6") $(elapsed "$t2" "$t3")" >>"$work/$client.times"
+    echo "$i $(elapsed "$t0" "$t1") $(elapsed "$t4" "$t5") $(elapsed "$t5" "$t6") $(elapsed "$t2" "$t3")" >>"$work/$client.times"
     rm -rf "$dir"
 }
 
-for client in fcache git-lfs; do
-    for i in $(seq "$runs"); do
+# Both clients in each run, back to back, alternating which goes first, so
+# that the machine's drift over the runs weighs on both alike.
+for i in $(seq "$runs"); do
+    order="fcache git-lfs"
+    if [ $((i % 2)) -eq 0 ]; then order="git-lfs fcache"; fi
+    for client in $order; do
         echo "bench: $client run $i/$runs..." >&2
-        run_client "$client" "$work/$client-$i" >&2
+        run_client "$client" "$work/$client-$i" "$i" >&2
+        echo "bench: $client run $i: push fetch checkout clone: $(tail -1 "$work/$client.times")" >&2
     done
 done
 
 python3 - "$work/fcache.times" "$work/git-lfs.times" "$runs" "$big_mib" "$small_files" <<'PY'
 import statistics, sys, platform, subprocess, datetime
-def med(path, k):
-    rows = [list(map(float, r.split())) for r in open(path) if r.strip()]
-    return statistics.median(r[k] for r in rows)
+def rows(path):
+    # run number -> the run's seconds per step
+    return {r.split()[0]: list(map(float, r.split()[1:])) for r in open(path) if r.strip()}
 fc, gl, runs, big_mib, small_files = sys.argv[1:6]
 cpu = "?"
 try:
@@ -173,14 +178,18 @@ except OSError:
 import os
 lfs = subprocess.run(["git-lfs", "version"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; {lfs}; "
-      f"{datetime.date.today()}; median of {runs} run(s); workload: one {big_mib} MiB file "
+      f"{datetime.date.today()}; {runs} run(s), clients alternating; workload: one {big_mib} MiB file "
       f"and {small_files} files of 1-10 KiB\n")
+print("Times are medians; the ratio is the median of the runs' ratios (each run times both clients back to back).\n")
 print("| through `fcache serve` (seconds) | fcache | git-lfs | git-lfs / fcache |")
 print("| --- | --- | --- | --- |")
 for k, name in enumerate(["push (`git push`; the pre-push hook uploads)",
                           "fetch after a clone without smudge (`fcache fetch` / `git lfs fetch`)",
                           "then checkout (`fcache checkout` / `git lfs checkout`)",
                           "plain `git clone` (the smudge filter downloads)"]):
-    a, b = med(fc, k), med(gl, k)
-    print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
+    f, g = rows(fc), rows(gl)
+    a = statistics.median(r[k] for r in f.values())
+    b = statistics.median(r[k] for r in g.values())
+    ratio = statistics.median(g[i][k] / f[i][k] for i in f)
+    print(f"| {name} | {a:.2f} | {b:.2f} | {ratio:.2f}x |")
 PY
