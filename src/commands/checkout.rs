@@ -1,7 +1,7 @@
 //! `checkout`: replace work-tree files that hold a marker with their content.
 
-use std::io::Write;
-use std::path::Path;
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail};
@@ -9,10 +9,11 @@ use anyhow::{Context as _, bail};
 use super::Context;
 use super::smudge::missing_warning;
 use crate::filter::statcache::{Stat, StatCache};
-use crate::hashing;
+use crate::hashing::{self, HashingWriter};
 use crate::marker::Marker;
 use crate::repo::file_holds_marker;
-use crate::store::Verified;
+use crate::store::{Store, Unavailable};
+use crate::transfer;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut ctx = Context::open()?;
@@ -20,33 +21,34 @@ pub fn run() -> anyhow::Result<ExitCode> {
         bail!("this repository has no work tree");
     };
     let now = ctx.store.config.clock.current_time();
+    // Only a file that still holds exactly git's marker is replaced: never a
+    // file the user changed.
+    let wanted: Vec<(PathBuf, Marker, u32)> = ctx
+        .repo
+        .index_markers()?
+        .into_iter()
+        .filter(|(path, m, _)| file_holds_marker(&workdir.join(path)) == Some(*m))
+        .collect();
+    // Several files at once: most of the cost of small files is the file
+    // system's, and a large one is hashed on a thread of its own anyway.
+    let store = &ctx.store;
+    let results = transfer::parallel_map(wanted, RESTORERS, |(path, m, mode)| {
+        let restored = restore(store, &workdir.join(&path), &m, mode);
+        (path, m, restored)
+    });
     let mut restored = Vec::new();
     let mut missing = 0usize;
     let mut stat_cache = StatCache::open(&ctx.repo.stat_cache_dir());
-    for (path, m, mode) in ctx.repo.index_markers()? {
-        let file = workdir.join(&path);
-        // Only a file that still holds exactly git's marker is replaced: never
-        // a file the user changed.
-        if file_holds_marker(&file) != Some(m) {
+    for (path, m, result) in results {
+        ctx.index.touch(m.id, m.size, now);
+        if let Err(u) = result? {
+            missing += 1;
+            eprintln!("{}", missing_warning(&path.display().to_string(), &u));
             continue;
         }
-        ctx.index.touch(m.id, m.size, now);
-        let content = if m.size == 0 {
-            None
-        } else {
-            match ctx.store.get(&m)? {
-                Ok(v) => Some(v),
-                Err(u) => {
-                    missing += 1;
-                    eprintln!("{}", missing_warning(&path.display().to_string(), &u));
-                    continue;
-                }
-            }
-        };
-        replace(&file, &m, content, mode)?;
         // git re-cleans the file below: it then compares with the object
         // instead of hashing it again.
-        if let Some(stat) = Stat::of(&file) {
+        if let Some(stat) = Stat::of(&workdir.join(&path)) {
             stat_cache.record(path.as_os_str().as_encoded_bytes(), stat, m.id);
         }
         restored.push(path);
@@ -63,6 +65,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Files restored at once.
+const RESTORERS: usize = 4;
 
 /// The files changed size under git's index, and git takes a changed size as
 /// changed content without looking. Re-adding them (clean gives the same
@@ -92,16 +97,46 @@ fn update_git_index(workdir: &Path, paths: &[std::path::PathBuf]) -> anyhow::Res
     Ok(())
 }
 
-/// Write the content next to `file`, then rename it over the marker.
-fn replace(file: &Path, m: &Marker, content: Option<Verified>, mode: u32) -> anyhow::Result<()> {
+/// Write the object's content next to `file`, then rename it over the
+/// marker. The cached copy is checked against the identifier as it is
+/// copied (one read, not a check and then a copy), and renamed into view
+/// only if it matches; a damaged or absent one is got as smudge gets it,
+/// verified, from the archive.
+fn restore(
+    store: &Store,
+    file: &Path,
+    m: &Marker,
+    mode: u32,
+) -> anyhow::Result<Result<(), Unavailable>> {
     let dir = file.parent().expect("a work-tree file has a parent");
     let mut tmp = tempfile::Builder::new()
         .prefix(".fcache-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    if let Some(mut v) = content {
-        hashing::copy(&mut v.file, tmp.as_file_mut())
-            .with_context(|| format!("cannot write {} (object {})", file.display(), m.id))?;
+    let cannot_write = || format!("cannot write {} (object {})", file.display(), m.id);
+    let copied_from_cache = m.size == 0
+        || match store.cache.open_sized(m) {
+            Some(mut cached) => {
+                let mut out = HashingWriter::new(tmp.as_file_mut());
+                hashing::copy(&mut cached, &mut out).with_context(cannot_write)?;
+                let (id, _, _) = out.finish();
+                if id == m.id {
+                    store.cache.touch_open(&cached);
+                }
+                id == m.id
+            }
+            None => false,
+        };
+    if !copied_from_cache {
+        match store.get(m)? {
+            Ok(mut v) => {
+                let out = tmp.as_file_mut();
+                out.set_len(0).with_context(cannot_write)?;
+                out.rewind().with_context(cannot_write)?;
+                hashing::copy(&mut v.file, out).with_context(cannot_write)?;
+            }
+            Err(u) => return Ok(Err(u)),
+        }
     }
     #[cfg(unix)]
     {
@@ -114,5 +149,5 @@ fn replace(file: &Path, m: &Marker, content: Option<Verified>, mode: u32) -> any
     let _ = mode;
     tmp.persist(file)
         .with_context(|| format!("cannot replace {}", file.display()))?;
-    Ok(())
+    Ok(Ok(()))
 }

@@ -185,6 +185,35 @@ fn a_corrupt_cache_object_is_fetched_again_never_handed_out() {
 }
 
 #[test]
+fn fcache_checkout_never_writes_a_corrupt_cached_copy() {
+    let (_env, alice, repo, data) = committed_and_pushed();
+    // A work tree holding markers, as after a clone without smudge.
+    fs::remove_file(repo.join("data.bin")).unwrap();
+    alice
+        .with_env("FCACHE_SKIP_SMUDGE", "1")
+        .git(&repo, ["checkout", "--", "data.bin"]);
+    let object = alice.cached_objects().pop().unwrap();
+    let mut bad = data.clone();
+    bad[70_000] ^= 1;
+    overwrite(&object, &bad);
+
+    // The copy from the cache is checked as it is written; the damage sends
+    // checkout to the archive, and only the right bytes are renamed into view.
+    alice.fcache(&repo, ["checkout"]).success();
+    assert!(fs::read(repo.join("data.bin")).unwrap() == data);
+    assert!(fs::read(&object).unwrap() == data);
+    assert_eq!(files_under(&alice.cache.join("quarantine")).len(), 1);
+    assert_eq!(alice.git(&repo, ["status", "--porcelain"]), "");
+    // No temporary file is left beside it.
+    let left: Vec<_> = fs::read_dir(&repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".fcache-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn a_corrupt_object_with_no_other_copy_is_an_error_naming_it() {
     let env = TestEnv::new();
     let alice = env.user("alice");
