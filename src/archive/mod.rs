@@ -159,14 +159,7 @@ impl dyn Archive + '_ {
     /// Store the object whose content is in `source`, unless the archive has
     /// it, durably (`flush` included). Returns whether it was sent.
     pub fn put(&self, object: &Marker, source: &Path) -> Result<bool, ArchiveError> {
-        match one(self.uploads(std::slice::from_ref(object))?)? {
-            Some(upload) => {
-                upload.send(source)?;
-                self.flush()?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.put_with(object, |upload| upload.send(source))
     }
 
     /// `put` for content already checked against `object` and held in a
@@ -177,9 +170,17 @@ impl dyn Archive + '_ {
         object: &Marker,
         file: tempfile::TempPath,
     ) -> Result<bool, ArchiveError> {
+        self.put_with(object, |upload| upload.adopt(file))
+    }
+
+    fn put_with(
+        &self,
+        object: &Marker,
+        send: impl FnOnce(Box<dyn Upload>) -> Result<(), ArchiveError>,
+    ) -> Result<bool, ArchiveError> {
         match one(self.uploads(std::slice::from_ref(object))?)? {
             Some(upload) => {
-                upload.adopt(file)?;
+                send(upload)?;
                 self.flush()?;
                 Ok(true)
             }

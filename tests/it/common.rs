@@ -37,6 +37,15 @@ impl TestEnv {
         self.root.path()
     }
 
+    /// Where the shared directory archive keeps the object `id` (hex).
+    pub fn archived(&self, id: &str) -> PathBuf {
+        self.archive
+            .join("objects")
+            .join(&id[0..2])
+            .join(&id[2..4])
+            .join(id)
+    }
+
     /// A user with an empty HOME and cache, the filter installed globally.
     pub fn user(&self, name: &str) -> User {
         let home = self.path().join(format!("home-{name}"));

@@ -238,12 +238,7 @@ fn one_missing_object_among_many_keeps_its_marker_and_strict_fails_the_clone() {
     let (remote, files) = pushed_files(&env, &alice, 60);
     let (lost_name, lost_bytes) = &files[17];
     let lost_id = sha256_hex(lost_bytes);
-    let archived = env
-        .archive
-        .join("objects")
-        .join(&lost_id[0..2])
-        .join(&lost_id[2..4])
-        .join(&lost_id);
+    let archived = env.archived(&lost_id);
     fs::remove_file(&archived).unwrap();
 
     let bob = env.user("bob");
@@ -574,12 +569,7 @@ fn a_large_cached_object_is_verified_ahead_while_git_writes_the_others() {
     // Damaged again, and the archive lost it too: the marker stays, with a
     // warning naming the file and the identifier; the others are restored.
     overwrite(&object, &rotten);
-    let archived = env
-        .archive
-        .join("objects")
-        .join(&big_id[0..2])
-        .join(&big_id[2..4])
-        .join(&big_id);
+    let archived = env.archived(&big_id);
     fs::remove_file(&archived).unwrap();
     remove_all();
     let run = alice.run("git", &repo, ["checkout", "--", "."]).success();
