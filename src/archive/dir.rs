@@ -204,6 +204,9 @@ impl DirArchive {
         received: Vec<(tempfile::TempPath, PathBuf)>,
     ) -> Result<(), ArchiveError> {
         let loc = self.location.as_str();
+        if received.is_empty() {
+            return Ok(());
+        }
         if received.len() == 1 {
             // One object (an upload to `fcache serve` with nothing else
             // arriving meanwhile): an fsync of it and of its directory is
