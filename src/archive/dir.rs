@@ -41,8 +41,9 @@ struct Pending {
 
 #[derive(Default)]
 struct PendingState {
-    /// Received and not yet taken by a flush, in sequence order.
-    received: Vec<(u64, tempfile::TempPath, PathBuf)>,
+    /// Received and not yet taken by a flush: the objects numbered from
+    /// `done_below` to `next`, in order (only one flush takes at a time).
+    received: Vec<(tempfile::TempPath, PathBuf)>,
     /// The next object's sequence number.
     next: u64,
     /// Every object numbered below this is done: named, or failed.
@@ -62,9 +63,8 @@ impl Pending {
 
     fn add(&self, tmp: tempfile::TempPath, dest: PathBuf) {
         let mut state = self.lock();
-        let seq = state.next;
         state.next += 1;
-        state.received.push((seq, tmp, dest));
+        state.received.push((tmp, dest));
     }
 }
 
@@ -170,16 +170,15 @@ impl Archive for DirArchive {
             }
             // Lead: take everything received so far, this call's and others'.
             let received = std::mem::take(&mut state.received);
-            let upto = state.next;
+            let taken = state.done_below..state.next;
             state.syncing = true;
             drop(state);
-            let seqs: Vec<u64> = received.iter().map(|(seq, _, _)| *seq).collect();
-            let named = self.name_durably(received.into_iter().map(|(_, t, d)| (t, d)).collect());
+            let named = self.name_durably(received);
             state = self.pending.lock();
             state.syncing = false;
-            state.done_below = upto;
+            state.done_below = taken.end;
             if named.is_err() {
-                state.failed.extend(seqs);
+                state.failed.extend(taken);
             }
             self.pending.finished.notify_all();
             named?;

@@ -114,19 +114,8 @@ fn restore(
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let cannot_write = || format!("cannot write {} (object {})", file.display(), m.id);
-    let copied_from_cache = m.size == 0
-        || match store.cache.open_sized(m) {
-            Some(mut cached) => {
-                let mut out = HashingWriter::new(tmp.as_file_mut());
-                hashing::copy(&mut cached, &mut out).with_context(cannot_write)?;
-                let (id, _, _) = out.finish();
-                if id == m.id {
-                    store.cache.touch_open(&cached);
-                }
-                id == m.id
-            }
-            None => false,
-        };
+    let copied_from_cache =
+        m.size == 0 || copy_if_intact(store, m, tmp.as_file_mut()).with_context(cannot_write)?;
     if !copied_from_cache {
         match store.get(m)? {
             Ok(mut v) => {
@@ -150,4 +139,19 @@ fn restore(
     tmp.persist(file)
         .with_context(|| format!("cannot replace {}", file.display()))?;
     Ok(Ok(()))
+}
+
+/// Copy the cached object into `out`, hashing it on the way: whether it was
+/// there and matched its identifier (if not, `out` holds bytes to discard).
+fn copy_if_intact(store: &Store, m: &Marker, out: &mut std::fs::File) -> std::io::Result<bool> {
+    let Some(mut cached) = store.cache.open_sized(m) else {
+        return Ok(false);
+    };
+    let mut out = HashingWriter::new(out);
+    hashing::copy(&mut cached, &mut out)?;
+    let (id, _, _) = out.finish();
+    if id == m.id {
+        store.cache.touch_open(&cached);
+    }
+    Ok(id == m.id)
 }
