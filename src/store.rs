@@ -513,8 +513,7 @@ impl Store {
         let _lock = self.shared()?;
         let mut results: Vec<Option<Result<Pushed, StoreError>>> =
             objects.iter().map(|_| None).collect();
-        let mut todo = Vec::new();
-        let nonempty: Vec<(usize, Marker)> = objects
+        let nonempty: Vec<(usize, (Marker, PathBuf))> = objects
             .iter()
             .copied()
             .enumerate()
@@ -525,34 +524,16 @@ impl Store {
                 }
                 !empty
             })
+            .map(|(i, m)| (i, (m, self.cache.object_path(&m.id))))
             .collect();
-        for chunk in nonempty.chunks(self.archive.batch_size().max(1)) {
-            let markers: Vec<Marker> = chunk.iter().map(|(_, m)| *m).collect();
-            let batch = self.archive.uploads(&markers)?;
-            for ((i, m), upload) in chunk.iter().zip(batch) {
-                match upload {
-                    Ok(None) => results[*i] = Some(Ok(Pushed::AlreadyThere)),
-                    Ok(Some(u)) if self.cache.contains(&m.id) => todo.push((*i, *m, u)),
-                    Ok(Some(_)) => {
-                        results[*i] = Some(Err(StoreError::NotCached {
-                            id: m.id,
-                            archive: self.archive.location().to_owned(),
-                        }))
-                    }
-                    Err(e) => results[*i] = Some(Err(e.into())),
-                }
-            }
-        }
-        progress.start(todo.len() as u64, todo.iter().map(|(_, m, _)| m.size).sum());
-        let sent = transfer::parallel_map(todo, self.parallelism(), |(i, m, upload)| {
-            let r = self.send(&m, upload.as_ref());
-            progress.bytes(m.size);
-            progress.object_done();
-            (i, r)
-        });
-        let any_sent = sent.iter().any(|(_, r)| r.is_ok());
-        for (i, r) in sent {
-            results[i] = Some(r.map(|()| Pushed::Sent));
+        let (indices, sources): (Vec<usize>, Vec<(Marker, PathBuf)>) = nonempty.into_iter().unzip();
+        let sent = self
+            .archive
+            .put_many(&sources, self.parallelism(), progress)?;
+        let mut any_sent = false;
+        for ((i, (m, _)), r) in indices.into_iter().zip(&sources).zip(sent) {
+            any_sent |= matches!(r, Ok(true));
+            results[i] = Some(self.pushed(m, r));
         }
         // Durable before the push goes on to update refs that name them.
         if any_sent {
@@ -572,13 +553,14 @@ impl Store {
             .unwrap_or_else(|| self.archive.parallelism())
     }
 
-    /// Send one cached object through its upload handle.
-    fn send(&self, m: &Marker, upload: &dyn archive::Upload) -> Result<(), StoreError> {
-        // The archive verifies what it receives against the identifier, so a
-        // cache copy that rotted is refused there rather than archived; it is
-        // then moved out of the way like any corrupt object.
-        match upload.send(&self.cache.object_path(&m.id)) {
-            Ok(()) => Ok(()),
+    /// What became of one cached object sent to the archive.
+    fn pushed(&self, m: &Marker, sent: Result<bool, ArchiveError>) -> Result<Pushed, StoreError> {
+        match sent {
+            Ok(true) => Ok(Pushed::Sent),
+            Ok(false) => Ok(Pushed::AlreadyThere),
+            // The archive verifies what it receives, so a cache copy that
+            // rotted is refused there rather than archived; it is then moved
+            // out of the way like any corrupt object.
             Err(ArchiveError::WrongContent { .. } | ArchiveError::WrongSize { .. }) => {
                 let quarantined = self.cache.quarantine(&m.id)?;
                 Err(StoreError::CorruptCached {
@@ -586,6 +568,11 @@ impl Store {
                     quarantined,
                 })
             }
+            // The archive lacks it and so does the cache.
+            Err(_) if !self.cache.contains(&m.id) => Err(StoreError::NotCached {
+                id: m.id,
+                archive: self.archive.location().to_owned(),
+            }),
             Err(e) => Err(e.into()),
         }
     }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use super::{Archive, ArchiveError, Batch, Download, Upload};
 use crate::hashing;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::transfer::{self, Progress};
 
 /// The media type of Batch API requests and responses.
 pub const LFS_MEDIA_TYPE: &str = "application/vnd.git-lfs+json";
@@ -40,6 +41,16 @@ const RETRIES: u32 = 5;
 /// Longest wait between retries, whatever the server's Retry-After says.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const READ_BUF: usize = 256 << 10;
+
+/// The transfer adapter of `fcache serve` that carries many objects in one
+/// request (see `serve::multi`); offered for uploads besides `basic`.
+pub const MULTI_TRANSFER: &str = "fcache-multi";
+const MULTI: &str = MULTI_TRANSFER;
+/// Objects and bytes carried by one `fcache-multi` request at most. An
+/// object larger than one `hashing::CHUNK` goes in a request of its own,
+/// streamed.
+const BUNDLE_OBJECTS: usize = 100;
+const BUNDLE_BYTES: u64 = 8 << 20;
 
 /// Settings of an HTTP archive beyond its URL.
 #[derive(Clone, Debug, Default)]
@@ -171,7 +182,7 @@ fn percent_decode(s: &str) -> String {
 #[derive(Serialize)]
 struct BatchRequest<'a> {
     operation: &'a str,
-    transfers: [&'a str; 1],
+    transfers: &'a [&'a str],
     objects: Vec<ObjectSpec>,
     hash_algo: &'a str,
 }
@@ -199,7 +210,7 @@ struct ObjectResponse {
     error: Option<ObjectError>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, PartialEq)]
 struct Action {
     href: String,
     #[serde(default)]
@@ -213,6 +224,72 @@ struct ObjectError {
     message: String,
 }
 
+/// The answer to an `fcache-multi` request: every object carried, with an
+/// error where it was refused.
+#[derive(Deserialize)]
+struct MultiResponse {
+    objects: Vec<MultiObject>,
+}
+
+#[derive(Deserialize)]
+struct MultiObject {
+    oid: String,
+    #[serde(default)]
+    error: Option<ObjectError>,
+}
+
+/// One object of an `fcache-multi` request: its index among the objects
+/// being put, and where to send it.
+struct Member {
+    index: usize,
+    action: Action,
+}
+
+/// Group the objects sent with `fcache-multi` into requests: small objects
+/// many to a request (but spread over at least `workers` requests, so that
+/// they still go in parallel), each large one alone.
+fn bundles(
+    objects: &[(Marker, PathBuf)],
+    members: Vec<Member>,
+    workers: usize,
+) -> Vec<Vec<Member>> {
+    let size = |member: &Member| objects[member.index].0.size;
+    let small = members
+        .iter()
+        .filter(|member| size(member) <= hashing::CHUNK as u64)
+        .count();
+    let per_bundle = small.div_ceil(workers.max(1)).clamp(1, BUNDLE_OBJECTS);
+    let mut bundles: Vec<Vec<Member>> = Vec::new();
+    let mut open: Vec<Member> = Vec::new();
+    let mut open_bytes = 0u64;
+    for member in members {
+        if size(&member) > hashing::CHUNK as u64 {
+            bundles.push(vec![member]);
+            continue;
+        }
+        let fits = open.len() < per_bundle
+            && open_bytes + size(&member) <= BUNDLE_BYTES
+            && open
+                .first()
+                .is_none_or(|first| first.action == member.action);
+        if !fits {
+            bundles.push(std::mem::take(&mut open));
+            open_bytes = 0;
+        }
+        open_bytes += size(&member);
+        open.push(member);
+    }
+    if !open.is_empty() {
+        bundles.push(open);
+    }
+    bundles
+}
+
+/// The line that introduces an object in an `fcache-multi` request body.
+fn frame_header(m: &Marker) -> String {
+    format!("{} {}\n", m.id, m.size)
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     message: String,
@@ -220,8 +297,15 @@ struct ErrorBody {
 
 /// What the server said about one object of a batch.
 enum Answer {
-    Actions(HashMap<String, Action>),
-    Error { code: u16, message: String },
+    /// `multi`: under the `fcache-multi` adapter (`upload_many`).
+    Actions {
+        actions: HashMap<String, Action>,
+        multi: bool,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 impl Inner {
@@ -452,18 +536,20 @@ impl Inner {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// One Batch API request; answers per object, keyed by identifier.
+    /// One Batch API request per `BATCH_SIZE` objects, offering `transfers`;
+    /// answers per object, keyed by identifier.
     fn batch(
         &self,
         operation: &str,
         objects: &[Marker],
+        transfers: &[&str],
     ) -> Result<HashMap<ObjectId, Answer>, ArchiveError> {
         let url = format!("{}/objects/batch", self.base);
         let mut answers = HashMap::new();
         for chunk in objects.chunks(BATCH_SIZE) {
             let body = serde_json::to_vec(&BatchRequest {
                 operation,
-                transfers: ["basic"],
+                transfers,
                 objects: chunk
                     .iter()
                     .map(|m| ObjectSpec {
@@ -524,13 +610,15 @@ impl Inner {
                     message: format!("{what}: the server's answer is not a Batch API response"),
                     source: Some(Box::new(e)),
                 })?;
-            if let Some(t) = &parsed.transfer
-                && t != "basic"
-            {
-                return Err(self.remote(format!(
-                    "{what}: the server chose transfer adapter {t:?}; only \"basic\" is supported"
-                )));
-            }
+            let multi = match parsed.transfer.as_deref() {
+                None | Some("basic") => false,
+                Some(t) if t == MULTI && transfers.contains(&MULTI) => true,
+                Some(t) => {
+                    return Err(self.remote(format!(
+                        "{what}: the server chose transfer adapter {t:?}, which was not offered"
+                    )));
+                }
+            };
             for object in parsed.objects {
                 let Ok(id) = object.oid.parse::<ObjectId>() else {
                     continue;
@@ -540,7 +628,10 @@ impl Inner {
                         code: e.code,
                         message: e.message,
                     },
-                    (None, actions) => Answer::Actions(actions.unwrap_or_default()),
+                    (None, actions) => Answer::Actions {
+                        actions: actions.unwrap_or_default(),
+                        multi,
+                    },
                 };
                 answers.insert(id, answer);
             }
@@ -673,11 +764,11 @@ impl Archive for HttpArchive {
     }
 
     fn contains_many(&self, objects: &[Marker]) -> Result<Vec<bool>, ArchiveError> {
-        let answers = self.inner.batch("download", objects)?;
+        let answers = self.inner.batch("download", objects, &["basic"])?;
         objects
             .iter()
             .map(|m| match answers.get(&m.id) {
-                Some(Answer::Actions(actions)) => Ok(actions.contains_key("download")),
+                Some(Answer::Actions { actions, .. }) => Ok(actions.contains_key("download")),
                 Some(Answer::Error {
                     code: 404 | 410, ..
                 }) => Ok(false),
@@ -690,11 +781,11 @@ impl Archive for HttpArchive {
     }
 
     fn downloads(&self, objects: &[Marker]) -> Result<Batch<Box<dyn Download>>, ArchiveError> {
-        let answers = self.inner.batch("download", objects)?;
+        let answers = self.inner.batch("download", objects, &["basic"])?;
         Ok(objects
             .iter()
             .map(|m| match answers.get(&m.id) {
-                Some(Answer::Actions(actions)) => match actions.get("download") {
+                Some(Answer::Actions { actions, .. }) => match actions.get("download") {
                     Some(action) => Ok(Box::new(HttpDownload {
                         inner: self.inner.clone(),
                         object: *m,
@@ -714,24 +805,91 @@ impl Archive for HttpArchive {
     }
 
     fn uploads(&self, objects: &[Marker]) -> Result<Batch<Option<Box<dyn Upload>>>, ArchiveError> {
-        let answers = self.inner.batch("upload", objects)?;
+        let answers = self.inner.batch("upload", objects, &["basic"])?;
         Ok(objects
             .iter()
-            .map(|m| match answers.get(&m.id) {
-                Some(Answer::Actions(actions)) => Ok(actions.get("upload").map(|upload| {
+            .map(|m| {
+                Ok(self
+                    .inner
+                    .upload_answer(m, answers.get(&m.id))?
+                    .map(|(upload, verify)| {
+                        Box::new(HttpUpload {
+                            inner: self.inner.clone(),
+                            object: *m,
+                            upload,
+                            verify,
+                        }) as Box<dyn Upload>
+                    }))
+            })
+            .collect())
+    }
+
+    /// Offers the server `fcache-multi` as well as `basic`: a server that
+    /// takes it (`fcache serve`) gets the small objects many to a request,
+    /// and syncs once per request rather than once per object.
+    fn put_many(
+        &self,
+        objects: &[(Marker, PathBuf)],
+        workers: usize,
+        progress: &dyn Progress,
+    ) -> Result<Batch<bool>, ArchiveError> {
+        let markers: Vec<Marker> = objects.iter().map(|(m, _)| *m).collect();
+        let answers = self.inner.batch("upload", &markers, &[MULTI, "basic"])?;
+        let mut results: Vec<Option<Result<bool, ArchiveError>>> =
+            objects.iter().map(|_| None).collect();
+        let mut basic: Vec<(usize, Box<dyn Upload>)> = Vec::new();
+        let mut multi: Vec<Member> = Vec::new();
+        for (i, (m, _)) in objects.iter().enumerate() {
+            let answer = answers.get(&m.id);
+            match self.inner.upload_answer(m, answer) {
+                Ok(None) => results[i] = Some(Ok(false)),
+                Ok(Some((upload, _)))
+                    if matches!(answer, Some(Answer::Actions { multi: true, .. })) =>
+                {
+                    multi.push(Member {
+                        index: i,
+                        action: upload,
+                    });
+                }
+                Ok(Some((upload, verify))) => basic.push((
+                    i,
                     Box::new(HttpUpload {
                         inner: self.inner.clone(),
                         object: *m,
-                        upload: upload.clone(),
-                        verify: actions.get("verify").cloned(),
-                    }) as Box<dyn Upload>
-                })),
-                Some(Answer::Error { code, message }) => Err(self.inner.remote(format!(
-                    "object {}: the server refuses the upload: {code} {message}",
-                    m.id
-                ))),
-                None => Err(self.inner.missing_answer(&m.id)),
-            })
+                        upload,
+                        verify,
+                    }),
+                )),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let jobs = bundles(objects, multi, workers);
+        progress.start(
+            (basic.len() + jobs.iter().map(Vec::len).sum::<usize>()) as u64,
+            basic
+                .iter()
+                .map(|(i, _)| *i)
+                .chain(jobs.iter().flatten().map(|member| member.index))
+                .map(|i| objects[i].0.size)
+                .sum(),
+        );
+        let mut done = super::send_each(objects, basic, workers, progress);
+        for sent in transfer::parallel_map(jobs, workers, |bundle| {
+            let sent = self.inner.send_bundle(objects, &bundle);
+            for member in &bundle {
+                progress.bytes(objects[member.index].0.size);
+                progress.object_done();
+            }
+            sent
+        }) {
+            done.extend(sent);
+        }
+        for (i, r) in done {
+            results[i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every object has a result"))
             .collect())
     }
 
@@ -1014,21 +1172,27 @@ impl HttpUpload {
     }
 }
 
-impl HttpUpload {
-    /// PUT a large file, streamed in 1 MiB chunks on the async client (the
-    /// blocking client's request bodies move 8 KiB at a time, which halves
-    /// upload speed), retrying transient failures. Returns the final status
-    /// and the start of its body.
-    fn put(
+impl Inner {
+    /// Send a large file to `action` with `method`, after `prefix`, streamed
+    /// in 1 MiB chunks on the async client (the blocking client's request
+    /// bodies move 8 KiB at a time, which halves upload speed) and checked
+    /// against `object` as it goes, retrying transient failures. Returns the
+    /// final status and the start of its body.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_file(
         &self,
+        method: reqwest::Method,
+        action: &Action,
+        object: Marker,
+        prefix: &str,
         source: &Path,
         len: u64,
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), ArchiveError> {
-        let inner = &self.inner;
+        let inner = self;
         let (runtime, client) = inner.async_client()?;
         let mut headers = HeaderMap::new();
-        for (k, v) in &self.upload.header {
+        for (k, v) in &action.header {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| inner.remote(format!("the server sent a bad header name {k:?}")))?;
             let value = HeaderValue::from_str(v)
@@ -1041,8 +1205,12 @@ impl HttpUpload {
                 HeaderValue::from_static("application/octet-stream"),
             );
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if same_origin(&self.upload.href, &inner.base)
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(prefix.len() as u64 + len),
+        );
+        let prefix = bytes::Bytes::copy_from_slice(prefix.as_bytes());
+        if same_origin(&action.href, &inner.base)
             && !headers.contains_key(header::AUTHORIZATION)
             && let Some(value) = inner.authorization()
         {
@@ -1050,20 +1218,19 @@ impl HttpUpload {
         }
         let mut attempt = 0u32;
         loop {
-            let check = Arc::new(UploadCheck::new(self.object));
+            let check = Arc::new(UploadCheck::new(object));
             let result: Result<(StatusCode, Option<Duration>, Vec<u8>), String> =
                 runtime.block_on(async {
                     let file = tokio::fs::File::open(source)
                         .await
                         .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
-                    let stream = check
-                        .clone()
-                        .wrap(tokio_util::io::ReaderStream::with_capacity(
-                            file,
-                            hashing::CHUNK,
-                        ));
+                    use futures_util::StreamExt as _;
+                    let head = (!prefix.is_empty()).then(|| Ok(prefix.clone()));
+                    let stream = futures_util::stream::iter(head).chain(check.clone().wrap(
+                        tokio_util::io::ReaderStream::with_capacity(file, hashing::CHUNK),
+                    ));
                     let response = client
-                        .put(&self.upload.href)
+                        .request(method.clone(), &action.href)
                         .headers(headers.clone())
                         .body(reqwest::Body::wrap_stream(stream))
                         .send()
@@ -1107,6 +1274,158 @@ impl HttpUpload {
     }
 }
 
+impl Inner {
+    /// The upload and verify actions the server gave for `m`; `None` where
+    /// it holds the object already.
+    fn upload_answer(
+        &self,
+        m: &Marker,
+        answer: Option<&Answer>,
+    ) -> Result<Option<(Action, Option<Action>)>, ArchiveError> {
+        match answer {
+            Some(Answer::Actions { actions, .. }) => Ok(actions
+                .get("upload")
+                .map(|upload| (upload.clone(), actions.get("verify").cloned()))),
+            Some(Answer::Error { code, message }) => Err(self.remote(format!(
+                "object {}: the server refuses the upload: {code} {message}",
+                m.id
+            ))),
+            None => Err(self.missing_answer(&m.id)),
+        }
+    }
+
+    /// A small object's content, read whole and checked against `m`: content
+    /// that is not what it claims is never sent.
+    fn read_checked(&self, m: &Marker, source: &Path) -> Result<Vec<u8>, ArchiveError> {
+        let mut bytes = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0));
+        File::open(source)
+            .and_then(|f| f.take(m.size + 1).read_to_end(&mut bytes))
+            .map_err(|e| ArchiveError::Io {
+                archive: self.location.clone(),
+                path: source.to_owned(),
+                source: e,
+            })?;
+        let check = UploadCheck::new(*m);
+        check.update(&bytes);
+        match check.finish() {
+            Ok(()) => Ok(bytes),
+            Err(_) => Err(check
+                .failure(&self.location)
+                .expect("a failed check says why")),
+        }
+    }
+
+    /// Send the objects of one `fcache-multi` request; per object (by index
+    /// into `objects`), whether it was sent.
+    fn send_bundle(
+        &self,
+        objects: &[(Marker, PathBuf)],
+        bundle: &[Member],
+    ) -> Vec<(usize, Result<bool, ArchiveError>)> {
+        let action = &bundle[0].action;
+        let mut results = Vec::new();
+        let mut carried = Vec::new();
+        let sent = if let [member] = bundle
+            && objects[member.index].0.size > hashing::CHUNK as u64
+        {
+            // A large object: alone, streamed.
+            let (m, source) = &objects[member.index];
+            carried.push(member.index);
+            let what = format!("upload of object {}", m.id);
+            match self.stream_file(
+                reqwest::Method::POST,
+                action,
+                *m,
+                &frame_header(m),
+                source,
+                m.size,
+                &what,
+            ) {
+                Ok((status, body)) => Ok((what, status, body)),
+                // Its own failure (content not what it claims) as it is.
+                Err(e) => return vec![(member.index, Err(e))],
+            }
+        } else {
+            let mut body = Vec::new();
+            for member in bundle {
+                let (m, source) = &objects[member.index];
+                match self.read_checked(m, source) {
+                    Ok(bytes) => {
+                        body.extend_from_slice(frame_header(m).as_bytes());
+                        body.extend_from_slice(&bytes);
+                        carried.push(member.index);
+                    }
+                    Err(e) => results.push((member.index, Err(e))),
+                }
+            }
+            if carried.is_empty() {
+                return results;
+            }
+            let what = format!("upload of {} object(s)", carried.len());
+            self.send(&what, false, &|| {
+                let (mut request, authorize) =
+                    self.action_request(reqwest::Method::POST, action)?;
+                if authorize {
+                    request = self.authorize(request);
+                }
+                Ok(request
+                    .header(header::ACCEPT, LFS_MEDIA_TYPE)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body.clone()))
+            })
+            .map(|response| {
+                let status = response.status();
+                let mut body = Vec::new();
+                let _ = response.take(16 << 20).read_to_end(&mut body);
+                (what, status, body)
+            })
+        };
+        let outcome = sent.and_then(|(what, status, body)| {
+            if !status.is_success() {
+                return Err(self.remote(format!("{what}: HTTP {status}{}", message_in(&body))));
+            }
+            serde_json::from_slice::<MultiResponse>(&body).map_err(|e| ArchiveError::Remote {
+                archive: self.location.clone(),
+                message: format!("{what}: the server's answer is not an {MULTI} response"),
+                source: Some(Box::new(e)),
+            })
+        });
+        let answers: HashMap<ObjectId, Option<ObjectError>> = match outcome {
+            Ok(answer) => answer
+                .objects
+                .into_iter()
+                .filter_map(|o| Some((o.oid.parse().ok()?, o.error)))
+                .collect(),
+            Err(e) => {
+                // The request failed as a whole: so did each object in it.
+                let message = match &e {
+                    ArchiveError::Remote { message, .. } => message.clone(),
+                    other => crate::diagnostics::one_line(other),
+                };
+                for i in carried {
+                    results.push((i, Err(self.remote(message.clone()))));
+                }
+                return results;
+            }
+        };
+        for i in carried {
+            let id = objects[i].0.id;
+            results.push((
+                i,
+                match answers.get(&id) {
+                    Some(None) => Ok(true),
+                    Some(Some(e)) => Err(self.remote(format!(
+                        "object {id}: the server refuses the upload: {} {}",
+                        e.code, e.message
+                    ))),
+                    None => Err(self.missing_answer(&id)),
+                },
+            ));
+        }
+        results
+    }
+}
+
 impl Upload for HttpUpload {
     fn send(&self, source: &Path) -> Result<(), ArchiveError> {
         let inner = &self.inner;
@@ -1119,21 +1438,19 @@ impl Upload for HttpUpload {
         let len = fs_err::metadata(source).map_err(io_err)?.len();
         let what = format!("upload of object {id}");
         let (status, body) = if len > hashing::CHUNK as u64 {
-            self.put(source, len, &what)?
+            inner.stream_file(
+                reqwest::Method::PUT,
+                &self.upload,
+                self.object,
+                "",
+                source,
+                len,
+                &what,
+            )?
         } else {
             // Small objects: read whole (at most one chunk), checked before
             // anything is sent, one write each, and no hop to another runtime.
-            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            File::open(source)
-                .and_then(|f| f.take(len + 1).read_to_end(&mut bytes))
-                .map_err(io_err)?;
-            let check = UploadCheck::new(self.object);
-            check.update(&bytes);
-            if check.finish().is_err() {
-                return Err(check
-                    .failure(&inner.location)
-                    .expect("a failed check says why"));
-            }
+            let bytes = inner.read_checked(&self.object, source)?;
             let response = inner.send(&what, false, &|| {
                 let (mut request, authorize) =
                     inner.action_request(reqwest::Method::PUT, &self.upload)?;

@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::dir::DirArchive;
-pub use self::http::{HttpArchive, HttpOptions};
+pub use self::http::{HttpArchive, HttpOptions, MULTI_TRANSFER};
 pub use self::s3::S3Archive;
 use crate::config::Config;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::transfer::{self, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -108,6 +109,47 @@ pub trait Archive: Send + Sync {
         4
     }
 
+    /// Store each object from its file unless the archive holds it; per
+    /// object, in order, whether it was sent. `workers` transfers run at
+    /// once, and `progress` hears of each object sent. As with `Upload`, the
+    /// objects are durable only after `flush`. An archive that can carry
+    /// many objects in one request does so; the default sends each through
+    /// its own upload handle.
+    fn put_many(
+        &self,
+        objects: &[(Marker, PathBuf)],
+        workers: usize,
+        progress: &dyn Progress,
+    ) -> Result<Batch<bool>, ArchiveError> {
+        let mut results: Vec<Option<Result<bool, ArchiveError>>> =
+            objects.iter().map(|_| None).collect();
+        let mut todo = Vec::new();
+        for (chunk_start, chunk) in (0..)
+            .step_by(self.batch_size().max(1))
+            .zip(objects.chunks(self.batch_size().max(1)))
+        {
+            let markers: Vec<Marker> = chunk.iter().map(|(m, _)| *m).collect();
+            for (i, upload) in (chunk_start..).zip(self.uploads(&markers)?) {
+                match upload {
+                    Ok(Some(upload)) => todo.push((i, upload)),
+                    Ok(None) => results[i] = Some(Ok(false)),
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+        }
+        progress.start(
+            todo.len() as u64,
+            todo.iter().map(|(i, _)| objects[*i].0.size).sum(),
+        );
+        for (i, r) in send_each(objects, todo, workers, progress) {
+            results[i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every object has a result"))
+            .collect())
+    }
+
     /// Make every object sent so far durable and visible, for archives where
     /// that is a step of its own (a directory: one filesystem sync for a
     /// whole batch rather than one fsync per object). Callers call it after
@@ -143,6 +185,23 @@ pub trait Upload: Send + Sync {
     fn adopt(self: Box<Self>, file: tempfile::TempPath) -> Result<(), ArchiveError> {
         self.send(&file)
     }
+}
+
+/// Send `todo`'s objects (indices into `objects`), each through its own
+/// upload handle, `workers` at once.
+pub(crate) fn send_each(
+    objects: &[(Marker, PathBuf)],
+    todo: Vec<(usize, Box<dyn Upload>)>,
+    workers: usize,
+    progress: &dyn Progress,
+) -> Vec<(usize, Result<bool, ArchiveError>)> {
+    transfer::parallel_map(todo, workers, |(i, upload)| {
+        let (m, source) = &objects[i];
+        let r = upload.send(source);
+        progress.bytes(m.size);
+        progress.object_done();
+        (i, r.map(|()| true))
+    })
 }
 
 impl dyn Archive + '_ {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking};
+use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking, multi};
 use crate::archive::ArchiveError;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
@@ -98,13 +98,26 @@ pub(crate) async fn batch(
             format!("hash algorithm {algo:?} is not supported: only sha256"),
         ));
     }
-    if let Some(transfers) = &request.transfers
-        && !transfers.is_empty()
-        && !transfers.iter().any(|t| t == "basic")
-    {
+    // No list means basic. Uploads go in many-object requests when the
+    // client offers that adapter; downloads are basic either way.
+    let offered = |name: &str| {
+        request
+            .transfers
+            .as_ref()
+            .is_none_or(|t| t.is_empty() || t.iter().any(|t| t == name))
+    };
+    let multi = upload
+        && request
+            .transfers
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|t| t == multi::TRANSFER));
+    if !multi && !offered("basic") {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "only the basic transfer adapter is supported",
+            format!(
+                "no transfer adapter in common: this server offers \"basic\" and, for uploads, {:?}",
+                multi::TRANSFER
+            ),
         ));
     }
     // Each object may cost the storage a lookup: a batch is bounded, well
@@ -160,6 +173,7 @@ pub(crate) async fn batch(
     let markers: Vec<Marker> = valid.iter().map(|(_, m)| *m).collect();
     let archive = state.archive.clone();
     let href = |m: &Marker| format!("{base}/objects/{}/{}", m.id, m.size);
+    let multi_href = format!("{base}/objects/multi");
     let action = |href: String| Action {
         href,
         // Clients send the action's headers with the transfer: pass on the
@@ -183,7 +197,8 @@ pub(crate) async fn batch(
                 // would tell the client nothing more and cost a round trip
                 // per object. The endpoint stays for clients that call it.
                 Ok(Some(_)) => {
-                    answer.actions.insert("upload", action(href(m)));
+                    let href = if multi { multi_href.clone() } else { href(m) };
+                    answer.actions.insert("upload", action(href));
                 }
                 Err(e) => answer.error = Some(object_error(&e)),
             }
@@ -202,7 +217,7 @@ pub(crate) async fn batch(
         }
     }
     let body = serde_json::to_vec(&BatchResponse {
-        transfer: "basic",
+        transfer: if multi { multi::TRANSFER } else { "basic" },
         objects: answers,
         hash_algo: "sha256",
     })

@@ -1,6 +1,7 @@
 //! `fcache serve`: an archive server speaking the Git LFS Batch API with the
 //! basic transfer adapter, so fcache and stock git-lfs clients alike can use
-//! it. The server root is the LFS endpoint: `POST <root>/objects/batch`.
+//! it, and with an adapter of fcache's own for uploads of many objects in
+//! one request (`multi`). The server root is the LFS endpoint: `POST <root>/objects/batch`.
 //!
 //! Storage is any `Archive` (a directory, or whatever `archive::open`
 //! accepts); its calls block, so they run on tokio's blocking pool. Uploads
@@ -9,6 +10,7 @@
 
 mod auth;
 mod batch;
+mod multi;
 mod objects;
 
 use std::future::Future;
@@ -160,6 +162,7 @@ impl Server {
         let router = Router::new()
             .route("/objects/batch", post(batch::batch))
             .route("/objects/verify", post(objects::verify))
+            .route("/objects/multi", post(multi::upload_many))
             .route(
                 "/objects/{oid}/{size}",
                 get(objects::download).put(objects::upload),

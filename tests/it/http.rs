@@ -253,6 +253,64 @@ fn push_and_clone_through_fcache_serve() {
     // One log line per request (read from the server's stderr as it comes).
     server.wait_for_log("POST /objects/batch 200", 1);
     server.wait_for_log("POST /objects/batch 403", 1);
+    // fcache's client and server agreed on fcache-multi: no basic PUTs.
+    server.wait_for_log("POST /objects/multi 200", 1);
+    assert!(!server.log().contains("PUT /objects/"), "{}", server.log());
+
+    // Many small objects go many to a request; a cached copy that rotted
+    // is refused by the client before it is sent and moved aside, and the
+    // others still arrive.
+    let many: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("many/f{i}.bin"),
+                random_bytes(100 + i, 2000 + i as usize),
+            )
+        })
+        .collect();
+    let rotten = [random_bytes(98, 30_000), random_bytes(99, 2 << 20)];
+    for (name, bytes) in &many {
+        fs::create_dir_all(repo.join("many")).unwrap();
+        fs::write(repo.join(name), bytes).unwrap();
+    }
+    fs::write(repo.join("rotten-small.bin"), &rotten[0]).unwrap();
+    fs::write(repo.join("rotten-large.bin"), &rotten[1]).unwrap();
+    alice.git(&repo, ["add", "."]);
+    alice.git(&repo, ["commit", "-q", "-m", "many"]);
+    for bytes in &rotten {
+        let id = sha256_hex(bytes);
+        let cached = alice
+            .cache
+            .join("objects")
+            .join(&id[..2])
+            .join(&id[2..4])
+            .join(format!("{id}.cache"));
+        let mut bad = bytes.clone();
+        bad[bytes.len() / 2] ^= 0xff;
+        overwrite(&cached, &bad);
+    }
+    let requests = server.log().matches("POST /objects/multi 200").count();
+    let push = alice.fcache(&repo, ["push"]).failure();
+    assert!(push.stderr().contains("corrupt"), "{}", push.stderr());
+    assert!(
+        push.stderr().contains("sent 40 object(s)"),
+        "{}",
+        push.stderr()
+    );
+    assert_eq!(files_under(&alice.cache.join("quarantine")).len(), 2);
+    assert_eq!(server.objects().len(), 3 + 40, "{}", server.log());
+    for (_, bytes) in &many {
+        let id = sha256_hex(bytes);
+        assert!(server.objects().iter().any(|p| p.ends_with(&id)), "{id}");
+    }
+    // 40 objects in at most 8 requests (one per transfer worker).
+    let multi = server.log().matches("POST /objects/multi 200").count() - requests;
+    assert!(
+        (1..=8).contains(&multi),
+        "{multi} requests:\n{}",
+        server.log()
+    );
+    assert!(files_under(&server.root.join("tmp")).is_empty());
 }
 
 /// A user with git-lfs set up in their HOME.
@@ -296,6 +354,9 @@ fn git_lfs_pushes_to_and_pulls_from_fcache_serve() {
     let remote = env.bare(&carol, "remote.git");
     carol.git(&repo, ["remote", "add", "origin", remote.to_str().unwrap()]);
     carol.git(&repo, ["push", "-q", "origin", "main"]);
+    // git-lfs never asks for fcache-multi: it uploads with basic PUTs.
+    server.wait_for_log("PUT /objects/", 3);
+    assert!(!server.log().contains("/objects/multi"), "{}", server.log());
     // git-lfs uploads the empty object too; every object arrived whole.
     let stored = server.objects();
     assert!(stored.len() >= 3, "{stored:?}");
@@ -693,6 +754,121 @@ fn server_refuses_bad_uploads_and_stores_nothing() {
     );
 }
 
+/// An `fcache-multi` request body: each object as `<oid> <size>\n` and its bytes.
+fn frames(objects: &[(&str, usize, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (oid, size, bytes) in objects {
+        body.extend_from_slice(format!("{oid} {size}\n").as_bytes());
+        body.extend_from_slice(bytes);
+    }
+    body
+}
+
+#[test]
+fn multi_object_uploads_store_what_checks_out_and_nothing_of_a_bad_body() {
+    let env = TestEnv::new();
+    let tokens = env.path().join("tokens");
+    fs::write(&tokens, "write w:w-secret\nread r:r-secret\n").unwrap();
+    let server = Served::fcache(
+        &env,
+        &[
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--max-object-size",
+            "1MiB",
+        ],
+    );
+    let writer = basic("w", "w-secret");
+    let auth = [("Authorization", writer.as_str())];
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        text(http(&server.url, "POST", "/objects/multi", headers, body))
+    };
+    let [a, b, c] = [1, 2, 3].map(|seed| random_bytes(200 + seed, 5000 + seed as usize));
+    let [ida, idb, idc] = [&a, &b, &c].map(|bytes| sha256_hex(bytes));
+
+    // The batch API offers the adapter for uploads to clients that ask.
+    let batch = |operation: &str| {
+        let request = format!(
+            r#"{{"operation":"{operation}","transfers":["fcache-multi","basic"],"objects":[{{"oid":"{ida}","size":{}}}]}}"#,
+            a.len()
+        );
+        text(http(
+            &server.url,
+            "POST",
+            "/objects/batch",
+            &auth,
+            request.as_bytes(),
+        ))
+    };
+    let (status, body) = batch("upload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""transfer":"fcache-multi""#), "{body}");
+    assert!(body.contains("/objects/multi\""), "{body}");
+    let (status, body) = batch("download");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""transfer":"basic""#), "{body}");
+    assert!(body.contains(r#""code":404"#), "{body}"); // nothing stored yet
+
+    // Refused as a whole, nothing stored: no or read-only credentials, a
+    // body that ends inside an object (even after a whole one), a header
+    // that is not one, a traversal identifier, an object over the limit.
+    let good = frames(&[(&ida, a.len(), &a)]);
+    let reader = basic("r", "r-secret");
+    assert_eq!(post(&[], &good).0, 401);
+    assert_eq!(post(&[("Authorization", &reader)], &good).0, 403);
+    let cut = frames(&[(&ida, a.len(), &a), (&idb, b.len(), &b[..100])]);
+    let (status, body) = post(&auth, &cut);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(&idb) && body.contains("broke off"), "{body}");
+    let mut garbage = good.clone();
+    garbage.extend_from_slice(b"nonsense\n");
+    assert_eq!(post(&auth, &garbage).0, 400);
+    for bad in ["../../../../etc/passwd", &ida.to_uppercase(), &ida[..63]] {
+        let mut body = good.clone();
+        body.extend(frames(&[(bad, 5, b"hello")]));
+        let (status, answer) = post(&auth, &body);
+        assert_eq!(status, 422, "{bad}: {answer}");
+    }
+    let big = random_bytes(209, (1 << 20) + 1);
+    let (status, body) = post(&auth, &frames(&[(&sha256_hex(&big), big.len(), &big)]));
+    assert_eq!(status, 413, "{body}");
+    assert!(server.objects().is_empty(), "{:?}", server.objects());
+    assert!(files_under(&server.root.join("tmp")).is_empty());
+
+    // A well-formed body: the objects that hash to their identifiers are
+    // stored, the one that does not is refused alone.
+    let wrong = random_bytes(210, b.len());
+    let body = frames(&[
+        (&ida, a.len(), &a),
+        (&idb, b.len(), &wrong),
+        (&idc, c.len(), &c),
+    ]);
+    let (status, answer) = post(&auth, &body);
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let objects = answer["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 3, "{answer}");
+    assert!(objects[0].get("error").is_none(), "{answer}");
+    assert_eq!(objects[1]["error"]["code"], 422, "{answer}");
+    assert!(objects[2].get("error").is_none(), "{answer}");
+    let mut stored: Vec<String> = server
+        .objects()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    let mut expected = vec![ida.clone(), idc.clone()];
+    expected.sort();
+    assert_eq!(stored, expected);
+    let object = format!("/objects/{idc}/{}", c.len());
+    assert!(http(&server.url, "GET", &object, &auth, b"").1 == c);
+    // Sending them again stores nothing new and is no error.
+    assert_eq!(post(&auth, &frames(&[(&ida, a.len(), &a)])).0, 200);
+    assert_eq!(server.objects().len(), 2);
+    assert!(files_under(&server.root.join("tmp")).is_empty());
+    server.wait_for_log("POST /objects/multi 422", 3);
+}
+
 #[test]
 fn a_client_killed_mid_upload_leaves_nothing_visible() {
     let env = TestEnv::new();
@@ -725,6 +901,32 @@ fn a_client_killed_mid_upload_leaves_nothing_visible() {
         "{:?}",
         files_under(&server.root.join("tmp"))
     );
+    // The same for a many-object request, killed inside its second object.
+    let first = random_bytes(81, 1000);
+    let body = frames(&[
+        (&sha256_hex(&first), first.len(), &first),
+        (&sha256_hex(&content), content.len(), &content),
+    ]);
+    {
+        let addr = server.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "POST /objects/multi HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..2 << 20]).unwrap();
+        stream.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while files_under(&server.root.join("tmp")).len() < 2 {
+            assert!(Instant::now() < deadline, "no upload under way");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    server.wait_for_log("POST /objects/multi ", 1);
+    assert!(server.objects().is_empty(), "{:?}", server.objects());
+    assert!(files_under(&server.root.join("tmp")).is_empty());
     // A whole upload afterwards succeeds.
     assert_eq!(http(&server.url, "PUT", &object, &[], &content).0, 200);
     assert_eq!(server.objects().len(), 1);
