@@ -19,3 +19,4 @@ pub mod repo;
 pub mod serve;
 pub mod store;
 pub mod transfer;
+pub mod writeback;

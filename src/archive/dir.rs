@@ -19,6 +19,7 @@ use super::{Archive, ArchiveError, Batch, Download, Upload, check_stored};
 use crate::hashing::{self, HashingWriter};
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::writeback::WriteBehind;
 
 pub struct DirArchive {
     location: String,
@@ -325,9 +326,10 @@ impl Upload for DirUpload {
             .tempfile_in(tmp_dir)
             .map_err(io(tmp_dir))?;
         let mut input = fs_err::File::open(source).map_err(io(source))?;
-        let mut writer = HashingWriter::new(tmp);
+        let mut writer = HashingWriter::new(WriteBehind::new(tmp));
         hashing::copy(&mut input, &mut writer).map_err(io(source))?;
         let (actual, len, tmp) = writer.finish();
+        let tmp = tmp.into_inner();
         if actual != self.object.id {
             return Err(ArchiveError::WrongContent {
                 archive: self.location.clone(),

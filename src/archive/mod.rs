@@ -463,6 +463,50 @@ pub(crate) mod conformance {
         let short = Marker::new(ObjectId::of_bytes(b"actual"), 7);
         assert!(archive.put(&short, &liar).is_err());
         assert!(!archive.contains(&short).unwrap());
+
+        // Many at once: per object, in order, whether sent; a stored one is
+        // not sent again, content that lies is refused alone, and after the
+        // flush every object sent is held whole.
+        let mut many: Vec<(Marker, PathBuf)> = (0..30usize)
+            .map(|i| {
+                let bytes = sample(1000 + i * 7919);
+                let m = Marker::new(ObjectId::of_bytes(&bytes), bytes.len() as u64);
+                let src = dir.path().join(format!("many-{i}"));
+                std::fs::write(&src, &bytes).unwrap();
+                (m, src)
+            })
+            .collect();
+        let big = sample(3 << 20);
+        let big_src = dir.path().join("many-big");
+        std::fs::write(&big_src, &big).unwrap();
+        many.insert(
+            3,
+            (
+                Marker::new(ObjectId::of_bytes(&big), big.len() as u64),
+                big_src,
+            ),
+        );
+        many.insert(5, (stored[1], dir.path().join("obj-1")));
+        many.insert(7, (claimed, liar.clone()));
+        let results = archive.put_many(&many, 4, &transfer::NoProgress).unwrap();
+        assert_eq!(results.len(), many.len());
+        archive.flush().unwrap();
+        for (i, ((m, src), result)) in many.iter().zip(&results).enumerate() {
+            match i {
+                5 => assert!(!result.as_ref().unwrap(), "a held object is not sent"),
+                7 => assert!(
+                    matches!(result, Err(ArchiveError::WrongContent { .. })),
+                    "{result:?}"
+                ),
+                _ => {
+                    assert!(result.as_ref().unwrap(), "object {i} is sent");
+                    let mut out = Vec::new();
+                    archive.get(m, &mut out).unwrap();
+                    assert!(out == std::fs::read(src).unwrap(), "object {i} is whole");
+                }
+            }
+        }
+        assert!(!archive.contains(&claimed).unwrap());
     }
 }
 

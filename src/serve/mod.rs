@@ -368,6 +368,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A temporary file to receive object `id` into, which vanishes with its
+/// handle unless the object is stored. The files are spread over
+/// subdirectories by the identifier's first two digits, as git spreads its
+/// objects, so that parallel uploads do not queue on one directory's lock.
+fn receiving_file(
+    tmp_dir: &std::path::Path,
+    id: &crate::oid::ObjectId,
+) -> Result<tempfile::NamedTempFile, ApiError> {
+    let dir = tmp_dir.join(&id.to_hex()[..2]);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| tempfile::Builder::new().prefix("upload-").tempfile_in(&dir))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot create a temporary file in {}: {e}", dir.display()),
+            )
+        })
+}
+
 /// Run blocking archive work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

@@ -25,11 +25,12 @@ use futures_util::TryStreamExt as _;
 use tempfile::TempPath;
 
 use super::batch::archive_failure;
-use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking};
+use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking, receiving_file};
 use crate::archive::{Archive, ArchiveError};
 use crate::hashing::{self, HashingWriter};
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::writeback::WriteBehind;
 
 /// The adapter's name in the Batch API's `transfers` lists.
 pub use crate::archive::MULTI_TRANSFER as TRANSFER;
@@ -99,19 +100,8 @@ fn receive(body: impl Read, tmp_dir: &Path, max_size: u64) -> Result<Vec<Receive
                 format!("more than {MAX_OBJECTS} objects in one request; nothing stored"),
             ));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempfile_in(tmp_dir)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "cannot create a temporary file in {}: {e}",
-                        tmp_dir.display()
-                    ),
-                )
-            })?;
-        let mut writer = HashingWriter::new(tmp);
+        let tmp = receiving_file(tmp_dir, &m.id)?;
+        let mut writer = HashingWriter::new(WriteBehind::new(tmp));
         let copied = hashing::copy(&mut (&mut body).take(m.size), &mut writer);
         let broke_off = |why: String| {
             ApiError::new(
@@ -130,6 +120,7 @@ fn receive(body: impl Read, tmp_dir: &Path, max_size: u64) -> Result<Vec<Receive
             Err(e) => return Err(broke_off(e.to_string())),
         }
         let (actual, _, tmp) = writer.finish();
+        let tmp = tmp.into_inner();
         received.push(if actual == m.id {
             Received::Intact(m, tmp.into_temp_path())
         } else {

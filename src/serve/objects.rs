@@ -13,11 +13,12 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::batch::archive_failure;
-use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking};
+use super::{Access, ApiError, LFS_MEDIA_TYPE, Shared, blocking, receiving_file};
 use crate::archive::{ArchiveError, Download};
 use crate::hashing::HashingWriter;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::writeback::WriteBehind;
 
 /// The object named by the path, if the path names one properly.
 fn object(oid: &str, size: &str) -> Result<Marker, ApiError> {
@@ -244,27 +245,16 @@ pub(crate) async fn upload(
 
     // Received into a temporary file while hashed; the file vanishes with
     // it on any failure, a client that breaks off included.
-    let tmp_dir = state.options.tmp_dir.clone();
-    let tmp = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempfile_in(&tmp_dir)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "cannot create a temporary file in {}: {e}",
-                    tmp_dir.display()
-                ),
-            )
-        })?;
+    let tmp = receiving_file(&state.options.tmp_dir, &m.id)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(8);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<_> {
-        let mut writer = HashingWriter::new(tmp);
+        let mut writer = HashingWriter::new(WriteBehind::new(tmp));
         while let Some(chunk) = rx.blocking_recv() {
             writer.write_all(&chunk)?;
         }
         writer.flush()?;
-        Ok(writer.finish())
+        let (id, len, tmp) = writer.finish();
+        Ok((id, len, tmp.into_inner()))
     });
     let mut stream = body.into_data_stream();
     let mut received = 0u64;
