@@ -34,14 +34,20 @@ impl<W> WriteBehind<W> {
 }
 
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+fn start_writeback(file: &impl std::os::fd::AsFd, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
     // SAFETY: sync_file_range only reads the descriptor, which `file` keeps
     // open. It is a hint: a failure here shows up in the sync that follows.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            file.as_fd().as_raw_fd(),
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -49,7 +55,7 @@ fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
 fn start_writeback<F>(_file: &F, _offset: u64, _len: u64) {}
 
 #[cfg(unix)]
-impl<W: Write + std::os::fd::AsRawFd> Write for WriteBehind<W> {
+impl<W: Write + std::os::fd::AsFd> Write for WriteBehind<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.written += n as u64;

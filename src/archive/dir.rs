@@ -306,30 +306,27 @@ struct DirUpload {
     pending: Arc<Pending>,
 }
 
-impl Upload for DirUpload {
-    fn send(&self, source: &Path) -> Result<(), ArchiveError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            let archive = self.location.clone();
-            move |source| ArchiveError::Io {
-                archive,
-                path,
-                source,
-            }
-        };
+impl DirUpload {
+    /// Write the object into a temporary file next to where it goes, with
+    /// `write`, which returns the content's identifier and length; it is
+    /// named at `flush`, once the bytes are on disk. Nothing is kept unless
+    /// they are the object's.
+    fn receive(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<(ObjectId, u64)>,
+        source: &Path,
+    ) -> Result<(), ArchiveError> {
+        let loc = self.location.as_str();
         // Written next to where it goes, as git does with its objects:
         // parallel uploads then do not queue on one directory's lock.
         let tmp_dir = self.dest.parent().expect("object paths have a parent");
-        fs_err::create_dir_all(tmp_dir).map_err(io(tmp_dir))?;
-        let tmp = tempfile::Builder::new()
+        fs_err::create_dir_all(tmp_dir).map_err(io_err(loc, tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
             .prefix("incoming-")
             .tempfile_in(tmp_dir)
-            .map_err(io(tmp_dir))?;
-        let mut input = fs_err::File::open(source).map_err(io(source))?;
-        let mut writer = HashingWriter::new(WriteBehind::new(tmp));
-        hashing::copy(&mut input, &mut writer).map_err(io(source))?;
-        let (actual, len, tmp) = writer.finish();
-        let tmp = tmp.into_inner();
+            .map_err(io_err(loc, tmp_dir))?;
+        let (actual, len) =
+            write(&mut WriteBehind::new(tmp.as_file_mut())).map_err(io_err(loc, source))?;
         if actual != self.object.id {
             return Err(ArchiveError::WrongContent {
                 archive: self.location.clone(),
@@ -348,15 +345,40 @@ impl Upload for DirUpload {
         let mut perms = tmp
             .as_file()
             .metadata()
-            .map_err(io(tmp.path()))?
+            .map_err(io_err(loc, tmp.path()))?
             .permissions();
         perms.set_readonly(true);
         tmp.as_file()
             .set_permissions(perms)
-            .map_err(io(tmp.path()))?;
-        // Named at `flush`, once the bytes are on disk.
+            .map_err(io_err(loc, tmp.path()))?;
         self.pending.add(tmp.into_temp_path(), self.dest.clone());
         Ok(())
+    }
+}
+
+impl Upload for DirUpload {
+    fn send(&self, source: &Path) -> Result<(), ArchiveError> {
+        let mut input = fs_err::File::open(source).map_err(io_err(&self.location, source))?;
+        self.receive(
+            |out| {
+                let mut writer = HashingWriter::new(out);
+                hashing::copy(&mut input, &mut writer)?;
+                let (actual, len, _) = writer.finish();
+                Ok((actual, len))
+            },
+            source,
+        )
+    }
+
+    fn send_checked(self: Box<Self>, bytes: &[u8], _tmp_dir: &Path) -> Result<(), ArchiveError> {
+        let checked = (self.object.id, bytes.len() as u64);
+        self.receive(
+            |out| {
+                out.write_all(bytes)?;
+                Ok(checked)
+            },
+            &self.dest,
+        )
     }
 
     fn adopt(self: Box<Self>, file: tempfile::TempPath) -> Result<(), ArchiveError> {

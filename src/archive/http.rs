@@ -49,7 +49,7 @@ const MULTI: &str = MULTI_TRANSFER;
 /// Objects and bytes carried by one `fcache-multi` request at most. An
 /// object larger than one `hashing::CHUNK` goes in a request of its own,
 /// streamed.
-const BUNDLE_OBJECTS: usize = 100;
+const BUNDLE_OBJECTS: usize = 500;
 const BUNDLE_BYTES: u64 = 8 << 20;
 
 /// Settings of an HTTP archive beyond its URL.
@@ -863,7 +863,17 @@ impl Archive for HttpArchive {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let jobs = bundles(objects, multi, workers);
+        let mut jobs = bundles(objects, multi, workers);
+        // Largest first, so that a large object is not left to run alone at
+        // the end while the other workers idle.
+        jobs.sort_by_key(|bundle| {
+            std::cmp::Reverse(
+                bundle
+                    .iter()
+                    .map(|member| objects[member.index].0.size)
+                    .sum::<u64>(),
+            )
+        });
         progress.start(
             (basic.len() + jobs.iter().map(Vec::len).sum::<usize>()) as u64,
             basic

@@ -185,16 +185,35 @@ pub trait Upload: Send + Sync {
     fn adopt(self: Box<Self>, file: tempfile::TempPath) -> Result<(), ArchiveError> {
         self.send(&file)
     }
+
+    /// Send the object from `bytes`, the whole of its content, which the
+    /// caller has already checked against the identifier and size (as
+    /// `fcache serve` does with a small object it received into memory). An
+    /// archive of files writes it straight where it goes; any other gets it
+    /// through a temporary file in `tmp_dir`.
+    fn send_checked(self: Box<Self>, bytes: &[u8], tmp_dir: &Path) -> Result<(), ArchiveError> {
+        let io = |source| ArchiveError::Io {
+            archive: "(temporary file)".to_owned(),
+            path: tmp_dir.to_owned(),
+            source,
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io)?;
+        tmp.write_all(bytes).map_err(io)?;
+        self.adopt(tmp.into_temp_path())
+    }
 }
 
 /// Send `todo`'s objects (indices into `objects`), each through its own
 /// upload handle, `workers` at once.
 pub(crate) fn send_each(
     objects: &[(Marker, PathBuf)],
-    todo: Vec<(usize, Box<dyn Upload>)>,
+    mut todo: Vec<(usize, Box<dyn Upload>)>,
     workers: usize,
     progress: &dyn Progress,
 ) -> Vec<(usize, Result<bool, ArchiveError>)> {
+    // Largest first, so that a large object is not left to run alone at the
+    // end while the other workers idle.
+    todo.sort_by_key(|(i, _)| std::cmp::Reverse(objects[*i].0.size));
     transfer::parallel_map(todo, workers, |(i, upload)| {
         let (m, source) = &objects[i];
         let r = upload.send(source);

@@ -6,10 +6,10 @@
 //! `transfers` is answered with it for uploads; every object's `upload`
 //! action then points at `POST <root>/objects/multi`, whose body is the
 //! objects one after another, each as a header line `<oid> <size>\n`
-//! followed by exactly `size` bytes. Each object is received into a
-//! temporary file while hashed; once the body has ended well, the objects
-//! that hash to their identifiers go to the archive, which is synced once
-//! for all of them. The answer lists every object with an `error` where it
+//! followed by exactly `size` bytes. Each object is received while hashed,
+//! a small one into memory, a large one into a temporary file; once the
+//! body has ended well, the objects that hash to their identifiers go to
+//! the archive, which is synced once for all of them. The answer lists every object with an `error` where it
 //! was refused. A body that breaks off, or is not made of such frames,
 //! stores nothing. Stock Git LFS clients never ask for this adapter and keep
 //! using `basic`.
@@ -44,9 +44,21 @@ const MAX_HEADER: u64 = 100;
 /// Why an object was refused: the status code and the reason.
 type Refusal = (u16, String);
 
+/// Objects up to this size are received into memory, up to
+/// `MAX_IN_MEMORY` bytes of them per request: written once, straight where
+/// they go, rather than into a temporary file that is then moved there.
+const SMALL: u64 = hashing::CHUNK as u64;
+const MAX_IN_MEMORY: u64 = 8 << 20;
+
+/// Where an object's bytes were received.
+enum Content {
+    Memory(Vec<u8>),
+    File(TempPath),
+}
+
 /// One object of a request body, once its bytes are in.
 enum Received {
-    Intact(Marker, TempPath),
+    Intact(Marker, Content),
     Refused(Marker, String),
 }
 
@@ -61,9 +73,12 @@ pub(crate) async fn upload_many(
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let tmp_dir = state.options.tmp_dir.clone();
     let max_size = state.options.max_object_size;
-    let received = blocking(move || receive(reader, &tmp_dir, max_size)).await??;
+    let received = {
+        let tmp_dir = tmp_dir.clone();
+        blocking(move || receive(reader, &tmp_dir, max_size)).await??
+    };
     let archive = state.archive.clone();
-    let results = blocking(move || store(archive.as_ref(), received))
+    let results = blocking(move || store(archive.as_ref(), received, &tmp_dir))
         .await?
         .map_err(archive_failure)?;
     let objects: Vec<serde_json::Value> = results
@@ -93,6 +108,7 @@ pub(crate) async fn upload_many(
 fn receive(body: impl Read, tmp_dir: &Path, max_size: u64) -> Result<Vec<Received>, ApiError> {
     let mut body = BufReader::with_capacity(64 << 10, body);
     let mut received = Vec::new();
+    let mut in_memory = 0u64;
     while let Some(m) = header_line(&mut body, max_size)? {
         if received.len() == MAX_OBJECTS {
             return Err(ApiError::new(
@@ -100,13 +116,30 @@ fn receive(body: impl Read, tmp_dir: &Path, max_size: u64) -> Result<Vec<Receive
                 format!("more than {MAX_OBJECTS} objects in one request; nothing stored"),
             ));
         }
-        let tmp = receiving_file(tmp_dir, &m.id)?;
-        let mut writer = HashingWriter::new(WriteBehind::new(tmp));
-        let copied = hashing::copy(&mut (&mut body).take(m.size), &mut writer);
         let broke_off = |why: String| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("upload of object {} broke off: {why}; nothing stored", m.id),
+            )
+        };
+        let (actual, content, copied) = if m.size <= SMALL && in_memory + m.size <= MAX_IN_MEMORY {
+            in_memory += m.size;
+            let mut bytes = Vec::with_capacity(m.size as usize);
+            let copied = (&mut body).take(m.size).read_to_end(&mut bytes);
+            (
+                ObjectId::of_bytes(&bytes),
+                Content::Memory(bytes),
+                copied.map(|n| n as u64),
+            )
+        } else {
+            let tmp = receiving_file(tmp_dir, &m.id)?;
+            let mut writer = HashingWriter::new(WriteBehind::new(tmp));
+            let copied = hashing::copy(&mut (&mut body).take(m.size), &mut writer);
+            let (actual, _, tmp) = writer.finish();
+            (
+                actual,
+                Content::File(tmp.into_inner().into_temp_path()),
+                copied,
             )
         };
         match copied {
@@ -119,10 +152,8 @@ fn receive(body: impl Read, tmp_dir: &Path, max_size: u64) -> Result<Vec<Receive
             }
             Err(e) => return Err(broke_off(e.to_string())),
         }
-        let (actual, _, tmp) = writer.finish();
-        let tmp = tmp.into_inner();
         received.push(if actual == m.id {
-            Received::Intact(m, tmp.into_temp_path())
+            Received::Intact(m, content)
         } else {
             Received::Refused(
                 m,
@@ -190,6 +221,7 @@ fn header_line(body: &mut impl BufRead, max_size: u64) -> Result<Option<Marker>,
 fn store(
     archive: &dyn Archive,
     received: Vec<Received>,
+    tmp_dir: &Path,
 ) -> Result<Vec<(Marker, Option<Refusal>)>, ArchiveError> {
     let intact: Vec<Marker> = received
         .iter()
@@ -204,15 +236,19 @@ fn store(
     for r in received {
         results.push(match r {
             Received::Refused(m, why) => (m, Some((422, why))),
-            Received::Intact(m, file) => {
+            Received::Intact(m, content) => {
                 let upload = uploads.next().expect("a batch answers every object");
                 // Held already (perhaps sent by a concurrent request): done.
-                let stored = upload.and_then(|u| match u {
-                    Some(u) => {
+                let stored = upload.and_then(|u| match (u, content) {
+                    (None, _) => Ok(()),
+                    (Some(u), Content::Memory(bytes)) => {
+                        adopted = true;
+                        u.send_checked(&bytes, tmp_dir)
+                    }
+                    (Some(u), Content::File(file)) => {
                         adopted = true;
                         u.adopt(file)
                     }
-                    None => Ok(()),
                 });
                 match stored {
                     Ok(()) => (m, None),
