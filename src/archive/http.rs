@@ -1153,41 +1153,42 @@ impl UploadCheck {
     }
 }
 
-impl HttpUpload {
-    /// The server refused the bytes: if they are not what the identifier
-    /// says, say so, so the caller can tell a corrupt source from a server
-    /// problem.
-    fn classify_refusal(&self, source: &Path, message: String) -> ArchiveError {
-        let archive = self.inner.location.clone();
+impl Inner {
+    /// The server refused the bytes of `object` sent from `source`: if they
+    /// are not what the identifier says, say so, so the caller can tell a
+    /// corrupt source from a server problem.
+    fn classify_refusal(&self, object: &Marker, source: &Path, message: String) -> ArchiveError {
+        let archive = self.location.clone();
         if let Ok(mut file) = File::open(source)
             && let Ok((actual, len)) = hashing::hash_reader(&mut file)
         {
-            if len != self.object.size {
+            if len != object.size {
                 return ArchiveError::WrongSize {
                     archive,
-                    id: self.object.id,
-                    expected: self.object.size,
+                    id: object.id,
+                    expected: object.size,
                     actual: len,
                 };
             }
-            if actual != self.object.id {
+            if actual != object.id {
                 return ArchiveError::WrongContent {
                     archive,
-                    expected: self.object.id,
+                    expected: object.id,
                     actual,
                 };
             }
         }
-        self.inner.remote(message)
+        self.remote(message)
     }
 }
 
 impl Inner {
     /// Send a large file to `action` with `method`, after `prefix`, streamed
     /// in 1 MiB chunks on the async client (the blocking client's request
-    /// bodies move 8 KiB at a time, which halves upload speed) and checked
-    /// against `object` as it goes, retrying transient failures. Returns the
-    /// final status and the start of its body.
+    /// bodies move 8 KiB at a time, which halves upload speed), retrying
+    /// transient failures. With `check`, the bytes are checked against
+    /// `object` as they go, for servers that may store what they are sent
+    /// unchecked. Returns the final status and the start of its body.
     #[allow(clippy::too_many_arguments)]
     fn stream_file(
         &self,
@@ -1198,6 +1199,7 @@ impl Inner {
         source: &Path,
         len: u64,
         what: &str,
+        check: bool,
     ) -> Result<(StatusCode, Vec<u8>), ArchiveError> {
         let inner = self;
         let (runtime, client) = inner.async_client()?;
@@ -1228,7 +1230,7 @@ impl Inner {
         }
         let mut attempt = 0u32;
         loop {
-            let check = Arc::new(UploadCheck::new(object));
+            let check = check.then(|| Arc::new(UploadCheck::new(object)));
             let result: Result<(StatusCode, Option<Duration>, Vec<u8>), String> =
                 runtime.block_on(async {
                     let file = tokio::fs::File::open(source)
@@ -1236,9 +1238,15 @@ impl Inner {
                         .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
                     use futures_util::StreamExt as _;
                     let head = (!prefix.is_empty()).then(|| Ok(prefix.clone()));
-                    let stream = futures_util::stream::iter(head).chain(check.clone().wrap(
-                        tokio_util::io::ReaderStream::with_capacity(file, hashing::CHUNK),
-                    ));
+                    let file = tokio_util::io::ReaderStream::with_capacity(file, hashing::CHUNK);
+                    let content: futures_util::stream::BoxStream<
+                        'static,
+                        io::Result<bytes::Bytes>,
+                    > = match &check {
+                        Some(check) => Box::pin(check.clone().wrap(file)),
+                        None => Box::pin(file),
+                    };
+                    let stream = futures_util::stream::iter(head).chain(content);
                     let response = client
                         .request(method.clone(), &action.href)
                         .headers(headers.clone())
@@ -1263,7 +1271,7 @@ impl Inner {
             // The content was not what its identifier says: the body was
             // cut short, so the server stored nothing; sending it again
             // would not help.
-            if let Some(wrong) = check.failure(&inner.location) {
+            if let Some(wrong) = check.as_ref().and_then(|c| c.failure(&inner.location)) {
                 return Err(wrong);
             }
             let (message, wait) = match result {
@@ -1350,6 +1358,9 @@ impl Inner {
                 source,
                 m.size,
                 &what,
+                // fcache-multi servers check what they receive and store
+                // nothing else; a refusal is classified below.
+                false,
             ) {
                 Ok((status, body)) => Ok((what, status, body)),
                 // Its own failure (content not what it claims) as it is.
@@ -1424,10 +1435,17 @@ impl Inner {
                 i,
                 match answers.get(&id) {
                     Some(None) => Ok(true),
-                    Some(Some(e)) => Err(self.remote(format!(
-                        "object {id}: the server refuses the upload: {} {}",
-                        e.code, e.message
-                    ))),
+                    Some(Some(e)) => {
+                        let message = format!(
+                            "object {id}: the server refuses the upload: {} {}",
+                            e.code, e.message
+                        );
+                        Err(if e.code == 422 {
+                            self.classify_refusal(&objects[i].0, &objects[i].1, message)
+                        } else {
+                            self.remote(message)
+                        })
+                    }
                     None => Err(self.missing_answer(&id)),
                 },
             ));
@@ -1456,6 +1474,7 @@ impl Upload for HttpUpload {
                 source,
                 len,
                 &what,
+                true,
             )?
         } else {
             // Small objects: read whole (at most one chunk), checked before
@@ -1485,7 +1504,7 @@ impl Upload for HttpUpload {
         if !status.is_success() {
             let message = format!("{what}: HTTP {status}{}", message_in(&body));
             return Err(if status.is_client_error() {
-                self.classify_refusal(source, message)
+                inner.classify_refusal(&self.object, source, message)
             } else {
                 inner.remote(message)
             });
