@@ -124,12 +124,10 @@ pub trait Archive: Send + Sync {
         let mut results: Vec<Option<Result<bool, ArchiveError>>> =
             objects.iter().map(|_| None).collect();
         let mut todo = Vec::new();
-        for (chunk_start, chunk) in (0..)
-            .step_by(self.batch_size().max(1))
-            .zip(objects.chunks(self.batch_size().max(1)))
-        {
+        let batch = self.batch_size().max(1);
+        for (n, chunk) in objects.chunks(batch).enumerate() {
             let markers: Vec<Marker> = chunk.iter().map(|(m, _)| *m).collect();
-            for (i, upload) in (chunk_start..).zip(self.uploads(&markers)?) {
+            for (i, upload) in (n * batch..).zip(self.uploads(&markers)?) {
                 match upload {
                     Ok(Some(upload)) => todo.push((i, upload)),
                     Ok(None) => results[i] = Some(Ok(false)),

@@ -14,6 +14,7 @@
 //! once true (archives never delete), so what phase one learnt still holds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Cache, CacheError, CacheLock, CachedObject, Limits};
@@ -21,6 +22,7 @@ use crate::archive::{Archive, ArchiveError};
 use crate::diagnostics::one_line;
 use crate::marker::Marker;
 use crate::oid::ObjectId;
+use crate::transfer::NoProgress;
 
 /// Temporary files older than this were left by killed processes.
 pub const STALE_TEMP: Duration = Duration::from_secs(3600);
@@ -99,8 +101,12 @@ pub fn collect(
         }
         // Send what the archive lacks, the whole batch made durable at once
         // before anything counts as archived.
-        let uploads = match archive.uploads(&missing) {
-            Ok(uploads) => uploads,
+        let sources: Vec<(Marker, PathBuf)> = missing
+            .iter()
+            .map(|m| (*m, cache.object_path(&m.id)))
+            .collect();
+        let results = match archive.put_many(&sources, archive.parallelism(), &NoProgress) {
+            Ok(results) => results,
             Err(e) => {
                 let reason = one_line(&e);
                 for m in &missing {
@@ -110,13 +116,10 @@ pub fn collect(
             }
         };
         let mut sent = Vec::new();
-        for (m, upload) in missing.iter().zip(uploads) {
-            let result = upload.and_then(|u| match u {
-                Some(u) => u.send(&cache.object_path(&m.id)),
-                None => Ok(()), // stored meanwhile by someone else
-            });
+        for (m, result) in missing.iter().zip(results) {
             match result {
-                Ok(()) => sent.push(m.id),
+                // Sent, or stored meanwhile by someone else.
+                Ok(_) => sent.push(m.id),
                 // Gone meanwhile: another gc evicted it, so the archive has it.
                 Err(_) if !cache.contains(&m.id) => {}
                 // The archive verifies what it receives: this copy rotted.
