@@ -1363,7 +1363,7 @@ impl Inner {
                 false,
             ) {
                 Ok((status, body)) => Ok((what, status, body)),
-                // Its own failure (content not what it claims) as it is.
+                // The request failed (after its retries): the object's failure.
                 Err(e) => return vec![(member.index, Err(e))],
             }
         } else {
