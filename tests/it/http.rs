@@ -875,25 +875,27 @@ fn a_client_killed_mid_upload_leaves_nothing_visible() {
     let server = Served::fcache(&env, &[]);
     let content = random_bytes(80, 4 << 20);
     let object = format!("/objects/{}/{}", sha256_hex(&content), content.len());
-    {
+    // A client sends the head of a request and the first `sent` bytes of
+    // its body, waits until the server is receiving into a temporary file,
+    // and dies: its connection closes half way.
+    let die_mid_request = |request: &str, body: &[u8], sent: usize| {
         let addr = server.url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).unwrap();
         write!(
             stream,
-            "PUT {object} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-            content.len()
+            "{request} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
         )
         .unwrap();
-        stream.write_all(&content[..1 << 20]).unwrap();
+        stream.write_all(&body[..sent]).unwrap();
         stream.flush().unwrap();
-        // Wait until the server is receiving into its temporary file.
         let deadline = Instant::now() + Duration::from_secs(20);
         while files_under(&server.root.join("tmp")).is_empty() {
             assert!(Instant::now() < deadline, "no upload under way");
             std::thread::sleep(Duration::from_millis(10));
         }
-        // The client dies: its connection closes half way.
-    }
+    };
+    die_mid_request(&format!("PUT {object}"), &content, 1 << 20);
     server.wait_for_log(&format!("PUT {object} "), 1);
     assert!(server.objects().is_empty(), "{:?}", server.objects());
     assert!(
@@ -901,31 +903,15 @@ fn a_client_killed_mid_upload_leaves_nothing_visible() {
         "{:?}",
         files_under(&server.root.join("tmp"))
     );
-    // The same for a many-object request, killed inside its second object.
+    // The same for a many-object request, killed inside its second object:
+    // the first is whole (small: held in memory), the second, large, is
+    // being received into a temporary file.
     let first = random_bytes(81, 1000);
     let body = frames(&[
         (&sha256_hex(&first), first.len(), &first),
         (&sha256_hex(&content), content.len(), &content),
     ]);
-    {
-        let addr = server.url.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "POST /objects/multi HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        stream.write_all(&body[..2 << 20]).unwrap();
-        stream.flush().unwrap();
-        // The first object is whole (small: held in memory); the second,
-        // large, is being received into a temporary file.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while files_under(&server.root.join("tmp")).is_empty() {
-            assert!(Instant::now() < deadline, "no upload under way");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    die_mid_request("POST /objects/multi", &body, 2 << 20);
     server.wait_for_log("POST /objects/multi ", 1);
     assert!(server.objects().is_empty(), "{:?}", server.objects());
     assert!(files_under(&server.root.join("tmp")).is_empty());
