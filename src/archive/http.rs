@@ -50,7 +50,7 @@ const MULTI: &str = MULTI_TRANSFER;
 /// object larger than one `hashing::CHUNK` goes in a request of its own,
 /// streamed.
 const BUNDLE_OBJECTS: usize = 500;
-const BUNDLE_BYTES: u64 = 8 << 20;
+const BUNDLE_BYTES: u64 = 4 << 20;
 
 /// Settings of an HTTP archive beyond its URL.
 #[derive(Clone, Debug, Default)]
@@ -1382,6 +1382,8 @@ impl Inner {
             if carried.is_empty() {
                 return results;
             }
+            // Shared, not copied, by each try.
+            let body = bytes::Bytes::from(body);
             let what = format!("upload of {} object(s)", carried.len());
             self.send(&what, false, &|| {
                 let (mut request, authorize) =

@@ -832,6 +832,10 @@ fn multi_object_uploads_store_what_checks_out_and_nothing_of_a_bad_body() {
     let big = random_bytes(209, (1 << 20) + 1);
     let (status, body) = post(&auth, &frames(&[(&sha256_hex(&big), big.len(), &big)]));
     assert_eq!(status, 413, "{body}");
+    let many = frames(&vec![(ida.as_str(), a.len(), a.as_slice()); 1001]);
+    let (status, body) = post(&auth, &many);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("more than 1000 objects"), "{body}");
     assert!(server.objects().is_empty(), "{:?}", server.objects());
     assert!(files_under(&server.root.join("tmp")).is_empty());
 
