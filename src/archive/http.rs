@@ -758,6 +758,18 @@ fn redact_url_of(e: &reqwest::Error) -> String {
     }
 }
 
+impl HttpArchive {
+    /// The basic adapter's handle for uploading `m` with these actions.
+    fn handle(&self, m: &Marker, upload: Action, verify: Option<Action>) -> Box<dyn Upload> {
+        Box::new(HttpUpload {
+            inner: self.inner.clone(),
+            object: *m,
+            upload,
+            verify,
+        })
+    }
+}
+
 impl Archive for HttpArchive {
     fn location(&self) -> &str {
         &self.inner.location
@@ -812,14 +824,7 @@ impl Archive for HttpArchive {
                 Ok(self
                     .inner
                     .upload_answer(m, answers.get(&m.id))?
-                    .map(|(upload, verify)| {
-                        Box::new(HttpUpload {
-                            inner: self.inner.clone(),
-                            object: *m,
-                            upload,
-                            verify,
-                        }) as Box<dyn Upload>
-                    }))
+                    .map(|(upload, verify)| self.handle(m, upload, verify)))
             })
             .collect())
     }
@@ -851,15 +856,7 @@ impl Archive for HttpArchive {
                         action: upload,
                     });
                 }
-                Ok(Some((upload, verify))) => basic.push((
-                    i,
-                    Box::new(HttpUpload {
-                        inner: self.inner.clone(),
-                        object: *m,
-                        upload,
-                        verify,
-                    }),
-                )),
+                Ok(Some((upload, verify))) => basic.push((i, self.handle(m, upload, verify))),
                 Err(e) => results[i] = Some(Err(e)),
             }
         }

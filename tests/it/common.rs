@@ -236,6 +236,15 @@ impl User {
         dir
     }
 
+    /// Where this user's cache keeps the object `id` (hex).
+    pub fn cached(&self, id: &str) -> PathBuf {
+        self.cache
+            .join("objects")
+            .join(&id[0..2])
+            .join(&id[2..4])
+            .join(format!("{id}.cache"))
+    }
+
     /// Every object file in this user's cache.
     pub fn cached_objects(&self) -> Vec<PathBuf> {
         files_under(&self.cache.join("objects"))

@@ -25,12 +25,7 @@ fn add_and_commit_store_a_marker_in_git_and_the_bytes_in_the_cache() {
     assert_eq!(alice.git(&repo, ["status", "--porcelain"]), "");
 
     let id = sha256_hex(&data);
-    let object = alice
-        .cache
-        .join("objects")
-        .join(&id[0..2])
-        .join(&id[2..4])
-        .join(format!("{id}.cache"));
+    let object = alice.cached(&id);
     assert_eq!(fs::read(&object).unwrap(), data);
     assert!(fs::metadata(&object).unwrap().permissions().readonly());
 

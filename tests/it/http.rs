@@ -145,6 +145,15 @@ fn sample_files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Damage `user`'s cached copy of each of `objects` (one byte flipped).
+fn rot_cached_copies(user: &User, objects: &[Vec<u8>]) {
+    for bytes in objects {
+        let mut bad = bytes.clone();
+        bad[bytes.len() / 2] ^= 0xff;
+        overwrite(&user.cached(&sha256_hex(bytes)), &bad);
+    }
+}
+
 /// `git config --global credential.helper store` with one saved credential.
 fn save_credential(user: &User, url: &str, name: &str, secret: &str) {
     let store = user.home.join("git-credentials");
@@ -277,18 +286,7 @@ fn push_and_clone_through_fcache_serve() {
     fs::write(repo.join("rotten-large.bin"), &rotten[1]).unwrap();
     alice.git(&repo, ["add", "."]);
     alice.git(&repo, ["commit", "-q", "-m", "many"]);
-    for bytes in &rotten {
-        let id = sha256_hex(bytes);
-        let cached = alice
-            .cache
-            .join("objects")
-            .join(&id[..2])
-            .join(&id[2..4])
-            .join(format!("{id}.cache"));
-        let mut bad = bytes.clone();
-        bad[bytes.len() / 2] ^= 0xff;
-        overwrite(&cached, &bad);
-    }
+    rot_cached_copies(&alice, &rotten);
     let requests = server.log().matches("POST /objects/multi 200").count();
     let push = alice.fcache(&repo, ["push"]).failure();
     assert!(push.stderr().contains("corrupt"), "{}", push.stderr());
@@ -529,18 +527,7 @@ fn fcache_pushes_to_and_clones_from_giftless() {
     }
     alice.git(&repo, ["commit", "-q", "-m", "rotten"]);
     // They rot after the commit: a clean of the same bytes would heal them.
-    for bytes in &rotten {
-        let id = sha256_hex(bytes);
-        let cached = alice
-            .cache
-            .join("objects")
-            .join(&id[..2])
-            .join(&id[2..4])
-            .join(format!("{id}.cache"));
-        let mut bad = bytes.clone();
-        bad[bytes.len() / 2] ^= 0xff;
-        overwrite(&cached, &bad);
-    }
+    rot_cached_copies(&alice, &rotten);
     let stored = files_under(&server.root).len();
     let push = alice.fcache(&repo, ["push"]).failure();
     assert!(push.stderr().contains("corrupt"), "{}", push.stderr());
