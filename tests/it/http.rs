@@ -583,21 +583,22 @@ fn basic(user: &str, secret: &str) -> String {
     )
 }
 
+/// `fcache serve` with `args` and two credentials: `w:w-secret` may write,
+/// `r:r-secret` may only read.
+fn serve_for_w_and_r(env: &TestEnv, args: &[&str]) -> Served {
+    let tokens = env.path().join("tokens");
+    fs::write(&tokens, "write w:w-secret\nread r:r-secret\n").unwrap();
+    let mut all = vec!["--token-file", tokens.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Served::fcache(env, &all)
+}
+
 #[test]
 fn server_refuses_bad_uploads_and_stores_nothing() {
     let env = TestEnv::new();
-    let tokens = env.path().join("tokens");
-    fs::write(&tokens, "write w:w-secret\nread r:r-secret\n").unwrap();
-    let server = Served::fcache(
+    let server = serve_for_w_and_r(
         &env,
-        &[
-            "--token-file",
-            tokens.to_str().unwrap(),
-            "--max-object-size",
-            "1MiB",
-            "--max-request-body",
-            "4KiB",
-        ],
+        &["--max-object-size", "1MiB", "--max-request-body", "4KiB"],
     );
     let writer = basic("w", "w-secret");
     let auth = [("Authorization", writer.as_str())];
@@ -754,17 +755,7 @@ fn frames(objects: &[(&str, usize, &[u8])]) -> Vec<u8> {
 #[test]
 fn multi_object_uploads_store_what_checks_out_and_nothing_of_a_bad_body() {
     let env = TestEnv::new();
-    let tokens = env.path().join("tokens");
-    fs::write(&tokens, "write w:w-secret\nread r:r-secret\n").unwrap();
-    let server = Served::fcache(
-        &env,
-        &[
-            "--token-file",
-            tokens.to_str().unwrap(),
-            "--max-object-size",
-            "1MiB",
-        ],
-    );
+    let server = serve_for_w_and_r(&env, &["--max-object-size", "1MiB"]);
     let writer = basic("w", "w-secret");
     let auth = [("Authorization", writer.as_str())];
     let post = |headers: &[(&str, &str)], body: &[u8]| {
