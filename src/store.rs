@@ -240,7 +240,15 @@ impl Store {
                 wait: wait.then_some(self.config.lock_timeout),
             },
         )?;
-        if !report.skipped && !dry_run {
+        // Growth is forgotten once a collection has done what it could. One
+        // that left the cache over its limits with nothing kept for a reason
+        // (objects became candidates while it ran: downloads on other
+        // threads) leaves the next chance, `finish` at the latest, to
+        // collect again; objects the archive could not take wait for more
+        // growth, as before.
+        let (count, bytes) = report.after;
+        let settled = self.config.limits.within(count, bytes) || !report.kept.is_empty();
+        if !report.skipped && !dry_run && settled {
             *self.growth.lock().expect("no panic while counting") = (0, 0);
         }
         if !report.kept.is_empty() && !wait {
