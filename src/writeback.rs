@@ -11,7 +11,7 @@ const STEP: u64 = 8 << 20;
 /// A file writer that asks the kernel to start writing each `STEP` of
 /// bytes to disk as soon as it has been written (Linux: `sync_file_range`
 /// with `SYNC_FILE_RANGE_WRITE`, which does not wait for the disk).
-/// Durability still comes from the fsync or syncfs that follows; this only
+/// Durability still comes from the fsync that follows; this only
 /// moves the work earlier. Elsewhere it is a plain writer.
 pub struct WriteBehind<W> {
     inner: W,

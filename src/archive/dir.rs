@@ -4,15 +4,15 @@
 //! object can change the archive) to a temporary file next to where they go,
 //! hashed on the way. The archive is the copy of record, so an object gets
 //! its name only once its bytes are on disk: `flush` syncs the batch's
-//! temporary files with one filesystem sync (rather than an fsync per
-//! object), renames them into place, and syncs again so that the names last
-//! too. A crash at any point leaves each object whole under its name or not
+//! temporary files (many at once), renames them into place, and syncs their
+//! directories so that the names last too. A crash at any point leaves each object whole under its name or not
 //! there at all (then it is sent again), never named with bytes missing.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Archive, ArchiveError, Batch, Download, Upload, check_stored};
@@ -32,8 +32,9 @@ pub struct DirArchive {
 /// and name them. Flushes may be called at once (`fcache serve` flushes each
 /// upload); they commit as a group: one at a time syncs and names everything
 /// received so far, and the others wait for it (their objects are then done)
-/// or take over whatever arrived meanwhile. Syncs running side by side would
-/// each pay for a journal commit; one sync for the lot pays once.
+/// or take over whatever arrived meanwhile. The leader syncs the lot at once
+/// and each directory once, where flushes each syncing their own would
+/// queue behind one another and sync shared directories again and again.
 #[derive(Default)]
 struct Pending {
     state: Mutex<PendingState>,
@@ -199,62 +200,87 @@ impl Archive for DirArchive {
 impl DirArchive {
     /// Make the objects' bytes durable, then give them their names, then
     /// make the names durable: a crash leaves each whole or absent.
+    ///
+    /// Each file and each directory is synced on its own (many at once, so
+    /// that the disk's cache flushes are shared), never the whole
+    /// filesystem: `syncfs` would also write out every other dirty file on
+    /// it, and on a machine shared with other work (or with the client
+    /// that is pushing) an upload would wait for gigabytes not its own.
     fn name_durably(
         &self,
         received: Vec<(tempfile::TempPath, PathBuf)>,
     ) -> Result<(), ArchiveError> {
         let loc = self.location.as_str();
-        if received.is_empty() {
-            return Ok(());
-        }
-        if received.len() == 1 {
-            // One object (an upload to `fcache serve` with nothing else
-            // arriving meanwhile): an fsync of it and of its directory is
-            // cheaper than syncing the whole filesystem.
-            let (tmp, dest) = received.into_iter().next().expect("one object");
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(loc, &tmp))?;
-            tmp.persist(&dest)
-                .map_err(|e| io_err(loc, &dest)(e.error))?;
-            let dir = dest.parent().expect("object paths have a parent");
-            return File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(loc, dir));
-        }
-        let first = received[0].0.to_path_buf();
-        sync_filesystem(&first).map_err(io_err(loc, &first))?;
-        let mut last = first;
+        let files: Vec<&Path> = received.iter().map(|(tmp, _)| tmp.as_ref()).collect();
+        for_each_at_once(&files, sync_path).map_err(|(path, e)| io_err(loc, path)(e))?;
+        let dirs = directories_to_sync(&self.root, received.iter().map(|(_, dest)| dest));
         for (tmp, dest) in received {
             tmp.persist(&dest)
                 .map_err(|e| io_err(loc, &dest)(e.error))?;
-            last = dest;
         }
-        sync_filesystem(&last).map_err(io_err(loc, &last))
+        for_each_at_once(&dirs, sync_path).map_err(|(path, e)| io_err(loc, path)(e))
     }
 }
 
-/// Make everything written to the filesystem holding `path` durable: one
-/// `syncfs` for a whole batch of files and their directory entries.
-#[cfg(target_os = "linux")]
-fn sync_filesystem(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = File::open(path)?;
-    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
+/// The directories whose entries must be synced once objects are named at
+/// `dests`: each one's directory and every directory above it up to the
+/// archive's root, which naming may have created. Each only once.
+fn directories_to_sync<'a>(root: &Path, dests: impl Iterator<Item = &'a PathBuf>) -> Vec<PathBuf> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for dest in dests {
+        for dir in dest.ancestors().skip(1) {
+            // Above the root is not the archive's; a directory seen before
+            // had its ancestors added then.
+            if !dir.starts_with(root) || !dirs.insert(dir.to_path_buf()) {
+                break;
+            }
+        }
     }
-    Ok(())
+    dirs.into_iter().collect()
 }
 
-/// Elsewhere: sync the file and its directory.
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()?;
-    if let Some(dir) = path.parent() {
-        let _ = File::open(dir).and_then(|d| d.sync_all());
+fn sync_path(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Syncs in flight at once. A sync mostly waits for the disk, and the
+/// kernel shares one cache flush among the syncs waiting for it, so many
+/// at once cost little more than one (2000 small files here: 0.36 s with 8
+/// at once, 0.17 s with 32).
+const SYNCS_AT_ONCE: usize = 32;
+
+/// Run `f` on every item, up to `SYNCS_AT_ONCE` at a time; the first
+/// failure stops the rest and is returned with its item.
+fn for_each_at_once<P: AsRef<Path> + Sync>(
+    items: &[P],
+    f: impl Fn(&Path) -> io::Result<()> + Sync,
+) -> Result<(), (&Path, io::Error)> {
+    if let [one] = items {
+        return f(one.as_ref()).map_err(|e| (one.as_ref(), e));
     }
-    Ok(())
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let worker = || -> Result<(), (&Path, io::Error)> {
+        while !failed.load(Ordering::Relaxed) {
+            let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            if let Err(e) = f(item.as_ref()) {
+                failed.store(true, Ordering::Relaxed);
+                return Err((item.as_ref(), e));
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..items.len().min(SYNCS_AT_ONCE))
+            .map(|_| scope.spawn(worker))
+            .collect();
+        // The scope waits for the rest after an early return.
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a sync does not panic"))
+    })
 }
 
 struct DirDownload {
@@ -435,6 +461,72 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn naming_syncs_each_directory_up_to_the_root_once_and_none_above() {
+        let root = Path::new("/srv/archive");
+        let dests: Vec<PathBuf> = [
+            "objects/aa/bb/1",
+            "objects/aa/bb/2",
+            "objects/aa/cc/3",
+            "objects/dd/ee/4",
+        ]
+        .iter()
+        .map(|p| root.join(p))
+        .collect();
+        let dirs = directories_to_sync(root, dests.iter());
+        let expected: Vec<PathBuf> = [
+            "",
+            "objects",
+            "objects/aa",
+            "objects/aa/bb",
+            "objects/aa/cc",
+            "objects/dd",
+            "objects/dd/ee",
+        ]
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                root.to_owned()
+            } else {
+                root.join(p)
+            }
+        })
+        .collect();
+        assert_eq!(dirs, expected);
+    }
+
+    #[test]
+    fn syncs_at_once_reach_every_item_once_and_name_the_one_that_failed() {
+        let items: Vec<PathBuf> = (0..500)
+            .map(|i| PathBuf::from(format!("item-{i}")))
+            .collect();
+        let seen = Mutex::new(Vec::new());
+        for_each_at_once(&items, |p| {
+            seen.lock().unwrap().push(p.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        let mut all = items.clone();
+        all.sort();
+        assert_eq!(seen, all);
+
+        let (failed, e) = for_each_at_once(&items, |p| {
+            if p == Path::new("item-321") {
+                Err(io::Error::other("disk gone"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(failed, Path::new("item-321"));
+        assert_eq!(e.to_string(), "disk gone");
+        let one = [PathBuf::from("alone")];
+        let (failed, _) = for_each_at_once(&one, |_| Err(io::Error::other("no"))).unwrap_err();
+        assert_eq!(failed, Path::new("alone"));
     }
 
     #[test]
