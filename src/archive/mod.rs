@@ -149,8 +149,8 @@ pub trait Archive: Send + Sync {
     }
 
     /// Make every object sent so far durable and visible, for archives where
-    /// that is a step of its own (a directory: one filesystem sync for a
-    /// whole batch rather than one fsync per object). Callers call it after
+    /// that is a step of its own (a directory: the batch's files and their
+    /// directories synced all at once, rather than an upload at a time). Callers call it after
     /// a batch of uploads, before anything relies on the objects (a ref that
     /// names them, an eviction from the cache).
     fn flush(&self) -> Result<(), ArchiveError> {

@@ -1,16 +1,16 @@
 //! The `fcache-multi` transfer adapter: many objects in one request.
 //!
 //! With the basic adapter every object is a request of its own, and a server
-//! that answers an upload only once the object is durable pays a sync per
-//! object. A client that lists `fcache-multi` in a batch request's
+//! that answers an upload only once the object is durable flushes the
+//! archive once per object. A client that lists `fcache-multi` in a batch request's
 //! `transfers` is answered with it for uploads; every object's `upload`
 //! action then points at `POST <root>/objects/multi`, whose body is the
 //! objects one after another, each as a header line `<oid> <size>\n`
 //! followed by exactly `size` bytes. Each object is received while hashed,
 //! a small one into memory, a large one into a temporary file; once the
 //! body has ended well, the objects that hash to their identifiers go to
-//! the archive, which is synced once for all of them. The answer lists every object with an `error` where it
-//! was refused. A body that breaks off, or is not made of such frames,
+//! the archive, which one flush makes durable all together. The answer
+//! lists every object with an `error` where it was refused. A body that breaks off, or is not made of such frames,
 //! stores nothing. Stock Git LFS clients never ask for this adapter and keep
 //! using `basic`.
 
