@@ -218,7 +218,12 @@ impl DirArchive {
             tmp.persist(&dest)
                 .map_err(|e| io_err(loc, &dest)(e.error))?;
         }
-        for_each_at_once(&dirs, sync_path).map_err(|(path, e)| io_err(loc, path)(e))
+        // A directory can be opened and synced on Unix only; elsewhere the
+        // filesystem keeps renames on its own (NTFS journals them).
+        if cfg!(unix) {
+            for_each_at_once(&dirs, sync_path).map_err(|(path, e)| io_err(loc, path)(e))?;
+        }
+        Ok(())
     }
 }
 
