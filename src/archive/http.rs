@@ -831,7 +831,8 @@ impl Archive for HttpArchive {
 
     /// Offers the server `fcache-multi` as well as `basic`: a server that
     /// takes it (`fcache serve`) gets the small objects many to a request,
-    /// and syncs once per request rather than once per object.
+    /// and makes each request's objects durable together rather than one
+    /// request per object.
     fn put_many(
         &self,
         objects: &[(Marker, PathBuf)],
